@@ -1,0 +1,44 @@
+//! Compiles every `.proto` under `crm/` with protox (pure Rust, so a fresh machine needs only the
+//! Rust toolchain) and writes the encoded descriptor set that servers hand to reflection.
+
+use std::path::{Path, PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut protos = Vec::new();
+    collect_protos(&root.join("crm"), &mut protos)?;
+    protos.sort();
+
+    // tonic-prost-build prints no rerun-if-changed lines, so without these cargo would never
+    // regenerate after a contract edit.
+    println!("cargo:rerun-if-changed=crm");
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
+
+    let descriptors = protox::compile(&protos, [&root])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptor_path = out_dir.join("crm_descriptor.bin");
+    std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
+
+    tonic_prost_build::configure()
+        // Ordered maps make encoding deterministic: equal requests hash equally (request-id
+        // idempotency compares hashes) and responses list attributes in a stable order.
+        .btree_map(".")
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
+
+fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_protos(&path, out)?;
+        } else if path.extension().is_some_and(|ext| ext == "proto") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! `crm`: the one binary of CRM Suite. Serves any subset of the services in one process (all of
+//! them on a laptop, one per pod in Kubernetes), migrates their schemas, seeds demo data and
+//! mints development tokens.
+
+mod seed;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use crm_platform::config::{Config, EXIT_CONFIG};
+use crm_platform::server::{ServiceContext, ServiceModule};
+
+/// CRM Suite: customer records, sales, support, marketing and ML inference over gRPC.
+///
+/// Configuration comes from built-in defaults, then the optional TOML file (--config or
+/// CRM_CONFIG_FILE), then environment variables such as CRM__SERVER__LISTEN_ADDR,
+/// DATABASE_URL and REDIS_URL. See the README for every key.
+#[derive(Debug, Parser)]
+#[command(name = "crm", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file (optional).
+    #[arg(long, global = true, env = "CRM_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve services over gRPC on server.listen_addr, e.g. `crm serve all` or
+    /// `crm serve customer`. Stops gracefully on SIGTERM/SIGINT.
+    Serve {
+        /// Services to serve: `all`, or any of customer, sales, support, marketing, inference.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Apply each service's embedded migrations to its own schema (idempotent).
+    Migrate {
+        /// Services to migrate: `all` (default) or names.
+        services: Vec<String>,
+        /// Also create one least-privilege login role per service (crm_<service>) that may
+        /// use only that service's schema. Needs a connection with CREATEROLE.
+        #[arg(long)]
+        create_roles: bool,
+    },
+    /// Print a development JWT for grpcurl (last line of stdout). Signed with auth.jwt_secret.
+    Token {
+        /// The token's subject.
+        #[arg(long, default_value = "developer")]
+        subject: String,
+        /// Scopes to grant (default: every scope of every service).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 12)]
+        hours: u64,
+    },
+    /// Load realistic demo data (idempotent: tops up to the requested count).
+    Seed {
+        /// How many demo customers there should be.
+        #[arg(long, default_value_t = 2000)]
+        customers: u32,
+    },
+}
+
+/// Every service name, and whether this build implements it yet.
+const SERVICES: &[(&str, bool)] = &[
+    ("customer", true),
+    ("sales", false),
+    ("support", false),
+    ("marketing", false),
+    ("inference", false),
+];
+
+/// Every scope a development token gets.
+const ALL_SCOPES: &[&str] = &[
+    "customer.read",
+    "customer.write",
+    "customer.gdpr",
+    "sales.read",
+    "sales.write",
+    "support.read",
+    "support.write",
+    "marketing.read",
+    "marketing.write",
+    "inference.read",
+    "inference.write",
+    "inference.admin",
+];
+
+fn select_services(requested: &[String]) -> anyhow::Result<Vec<&'static str>> {
+    if requested.is_empty() || requested.iter().any(|s| s == "all") {
+        return Ok(SERVICES.iter().filter(|s| s.1).map(|s| s.0).collect());
+    }
+    let mut selected = Vec::new();
+    for name in requested {
+        match SERVICES.iter().find(|s| s.0 == name) {
+            Some((name, true)) => {
+                if !selected.contains(name) {
+                    selected.push(*name);
+                }
+            }
+            Some((name, false)) => {
+                anyhow::bail!("the {name} service is not part of this build yet")
+            }
+            None => anyhow::bail!(
+                "unknown service {name:?}; expected all or any of {}",
+                SERVICES.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    Ok(selected)
+}
+
+fn build_module(name: &str, ctx: &ServiceContext) -> anyhow::Result<ServiceModule> {
+    match name {
+        "customer" => crm_customer::module(ctx),
+        other => anyhow::bail!("the {other} service is not part of this build yet"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => Arc::new(config),
+        Err(err) => {
+            eprintln!("crm: {err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("crm: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("crm: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { services } => serve(services, config).await,
+        Command::Migrate {
+            services,
+            create_roles,
+        } => {
+            for name in select_services(&services)? {
+                let database = match name {
+                    "customer" => crm_customer::database(&config)?,
+                    other => anyhow::bail!("no migrations for {other}"),
+                };
+                database.migrate().await?;
+                println!("migrated {name} (schema {})", database.schema);
+                if create_roles {
+                    let role = database.create_service_role().await?;
+                    println!("role {role} may use schema {} only", database.schema);
+                }
+            }
+            Ok(())
+        }
+        Command::Token {
+            subject,
+            scopes,
+            hours,
+        } => {
+            let (secret, dev) = config.jwt_secret();
+            if dev {
+                eprintln!("note: signed with the built-in development key (auth.jwt_secret unset)");
+            }
+            let scopes: Vec<&str> = if scopes.is_empty() {
+                ALL_SCOPES.to_vec()
+            } else {
+                scopes.iter().map(String::as_str).collect()
+            };
+            let token = crm_platform::auth::mint_token(
+                secret,
+                &config.auth.issuer,
+                &config.auth.audience,
+                &subject,
+                &scopes,
+                Duration::from_secs(hours * 3600),
+            );
+            println!("{token}");
+            Ok(())
+        }
+        Command::Seed { customers } => seed::run(&config, customers).await,
+    }
+}
+
+async fn serve(services: Vec<String>, config: Arc<Config>) -> anyhow::Result<()> {
+    let names = select_services(&services)?;
+    let telemetry = crm_platform::telemetry::init(&config)?;
+    let shutdown = crm_platform::server::shutdown_on_signals();
+    let ctx = ServiceContext::new(config.clone(), shutdown.clone());
+    let modules = names
+        .iter()
+        .map(|name| build_module(name, &ctx))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen_addr))?;
+    let result = crm_platform::server::serve(&config, modules, listener, shutdown).await;
+    telemetry.shutdown();
+    result
+}

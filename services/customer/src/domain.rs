@@ -1,0 +1,655 @@
+//! Validation and proto ↔ domain conversion for customers, done once at the edge: a request
+//! that passes through here is valid, and every violation names its field.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use crm_platform::FieldViolations;
+use crm_proto::crm::common::v1::PostalAddress;
+use crm_proto::crm::customer::v1 as pb;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+/// Most tags one customer may carry.
+pub const MAX_TAGS: usize = 50;
+/// Most custom attributes one customer may carry.
+pub const MAX_ATTRIBUTES: usize = 50;
+/// Most extra contact points.
+pub const MAX_CONTACT_POINTS: usize = 20;
+/// Most postal addresses.
+pub const MAX_ADDRESSES: usize = 10;
+
+/// Lifecycle stages as stored (the enum's names without prefix).
+pub const LIFECYCLE_STAGES: &[&str] = &["SUBSCRIBER", "LEAD", "OPPORTUNITY", "CUSTOMER", "CHURNED"];
+
+/// Whether `email` looks like a deliverable address: one `@`, a non-empty local part of at most
+/// 64 characters, a dotted domain of letters, digits and hyphens, 254 characters in all.
+pub fn is_valid_email(email: &str) -> bool {
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
+    if local.is_empty() || local.len() > 64 || local.contains('@') {
+        return false;
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        })
+}
+
+/// Whether `phone` is in E.164 form: `+`, a non-zero digit, then 6 to 14 more digits.
+pub fn is_valid_e164(phone: &str) -> bool {
+    let Some(digits) = phone.strip_prefix('+') else {
+        return false;
+    };
+    (7..=15).contains(&digits.len())
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+fn is_valid_tag(tag: &str) -> bool {
+    (1..=50).contains(&tag.len())
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+fn is_valid_attribute_key(key: &str) -> bool {
+    (1..=64).contains(&key.len()) && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_len(v: &mut FieldViolations, field: &str, value: &str, max: usize) {
+    if value.chars().count() > max {
+        v.add(field, format!("must be at most {max} characters"));
+    }
+}
+
+/// A stored lifecycle stage for a proto value; unspecified means LEAD.
+pub fn lifecycle_stage_name(value: i32) -> Option<&'static str> {
+    match pb::LifecycleStage::try_from(value).ok()? {
+        pb::LifecycleStage::Unspecified => Some("LEAD"),
+        pb::LifecycleStage::Subscriber => Some("SUBSCRIBER"),
+        pb::LifecycleStage::Lead => Some("LEAD"),
+        pb::LifecycleStage::Opportunity => Some("OPPORTUNITY"),
+        pb::LifecycleStage::Customer => Some("CUSTOMER"),
+        pb::LifecycleStage::Churned => Some("CHURNED"),
+    }
+}
+
+/// The proto value of a stored lifecycle stage.
+pub fn lifecycle_stage_value(name: &str) -> pb::LifecycleStage {
+    pb::LifecycleStage::from_str_name(&format!("LIFECYCLE_STAGE_{name}"))
+        .unwrap_or(pb::LifecycleStage::Unspecified)
+}
+
+/// A contact point as stored in JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactPoint {
+    /// EMAIL or PHONE.
+    pub kind: String,
+    /// The address.
+    pub value: String,
+    /// Free-form label.
+    pub label: String,
+}
+
+/// An address as stored in JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Address {
+    /// Free-form label.
+    pub label: String,
+    /// CLDR region code.
+    pub region_code: String,
+    /// Postal code.
+    pub postal_code: String,
+    /// State, province…
+    pub administrative_area: String,
+    /// City.
+    pub locality: String,
+    /// Street lines.
+    pub address_lines: Vec<String>,
+    /// Recipient.
+    pub recipient: String,
+}
+
+impl From<&Address> for pb::CustomerAddress {
+    fn from(a: &Address) -> Self {
+        pb::CustomerAddress {
+            label: a.label.clone(),
+            address: Some(PostalAddress {
+                region_code: a.region_code.clone(),
+                postal_code: a.postal_code.clone(),
+                administrative_area: a.administrative_area.clone(),
+                locality: a.locality.clone(),
+                address_lines: a.address_lines.clone(),
+                recipient: a.recipient.clone(),
+            }),
+        }
+    }
+}
+
+/// Custom attributes as stored: plain JSON values plus which keys hold timestamps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attributes {
+    /// Key → JSON value (string, number or bool; timestamps as RFC 3339 strings).
+    pub values: serde_json::Map<String, Json>,
+    /// Keys whose value is a timestamp.
+    pub timestamp_keys: Vec<String>,
+}
+
+impl Attributes {
+    /// Validates and converts proto attributes; violations are reported under `field`.
+    pub fn from_proto(
+        attributes: &BTreeMap<String, pb::AttributeValue>,
+        field: &str,
+        v: &mut FieldViolations,
+    ) -> Self {
+        let mut out = Attributes::default();
+        if attributes.len() > MAX_ATTRIBUTES {
+            v.add(field, format!("at most {MAX_ATTRIBUTES} attributes"));
+        }
+        for (key, value) in attributes {
+            let path = format!("{field}.{key}");
+            if !is_valid_attribute_key(key) {
+                v.add(&path, "keys must be 1..=64 characters of [A-Za-z0-9_]");
+                continue;
+            }
+            match Self::value_from_proto(value) {
+                Ok((json, is_timestamp)) => {
+                    if is_timestamp {
+                        out.timestamp_keys.push(key.clone());
+                    }
+                    out.values.insert(key.clone(), json);
+                }
+                Err(why) => v.add(&path, why),
+            }
+        }
+        out
+    }
+
+    fn value_from_proto(value: &pb::AttributeValue) -> Result<(Json, bool), String> {
+        use pb::attribute_value::Kind;
+        match &value.kind {
+            None => Err("a value must be set (string, int, double, bool or timestamp)".into()),
+            Some(Kind::StringValue(s)) => {
+                if s.chars().count() > 1000 {
+                    Err("string values must be at most 1000 characters".into())
+                } else {
+                    Ok((Json::String(s.clone()), false))
+                }
+            }
+            Some(Kind::IntValue(i)) => Ok((Json::from(*i), false)),
+            Some(Kind::DoubleValue(d)) => serde_json::Number::from_f64(*d)
+                .map(|n| (Json::Number(n), false))
+                .ok_or_else(|| "double values must be finite".to_string()),
+            Some(Kind::BoolValue(b)) => Ok((Json::Bool(*b), false)),
+            Some(Kind::TimestampValue(ts)) => timestamp_from_proto(ts)
+                .map(|t| (Json::String(t.to_rfc3339()), true))
+                .ok_or_else(|| "not a valid timestamp".to_string()),
+        }
+    }
+
+    /// Converts stored attributes back to proto values.
+    pub fn to_proto(&self) -> BTreeMap<String, pb::AttributeValue> {
+        use pb::attribute_value::Kind;
+        self.values
+            .iter()
+            .map(|(key, json)| {
+                let kind = match json {
+                    Json::String(s) if self.timestamp_keys.contains(key) => s
+                        .parse::<DateTime<Utc>>()
+                        .map(|t| Kind::TimestampValue(timestamp_to_proto(t)))
+                        .unwrap_or_else(|_| Kind::StringValue(s.clone())),
+                    Json::String(s) => Kind::StringValue(s.clone()),
+                    Json::Bool(b) => Kind::BoolValue(*b),
+                    Json::Number(n) if n.is_i64() => Kind::IntValue(n.as_i64().unwrap_or(0)),
+                    Json::Number(n) => Kind::DoubleValue(n.as_f64().unwrap_or(0.0)),
+                    other => Kind::StringValue(other.to_string()),
+                };
+                (key.clone(), pb::AttributeValue { kind: Some(kind) })
+            })
+            .collect()
+    }
+}
+
+/// A timestamp from proto, if it is a valid instant.
+pub fn timestamp_from_proto(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return None;
+    }
+    DateTime::from_timestamp(ts.seconds, ts.nanos as u32)
+}
+
+/// A proto timestamp for an instant.
+pub fn timestamp_to_proto(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// The writable fields of a customer, validated. Used for create and, field by field, update.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomerFields {
+    /// Required, 1..=200 characters.
+    pub display_name: String,
+    /// Lower-cased primary email.
+    pub email: Option<String>,
+    /// Given name.
+    pub given_name: Option<String>,
+    /// Family name.
+    pub family_name: Option<String>,
+    /// E.164 phone.
+    pub phone: Option<String>,
+    /// Company.
+    pub company_name: Option<String>,
+    /// Stored lifecycle stage name.
+    pub lifecycle_stage: &'static str,
+    /// Owner.
+    pub owner_id: Option<String>,
+    /// Source.
+    pub source: Option<String>,
+    /// Normalised tags.
+    pub tags: Vec<String>,
+    /// Custom attributes.
+    pub attributes: Attributes,
+    /// Extra contact points.
+    pub contact_points: Vec<ContactPoint>,
+    /// Addresses.
+    pub addresses: Vec<Address>,
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    let trimmed = s.trim();
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
+/// Paths UpdateCustomer accepts in its mask (besides `attributes.<key>`).
+pub const UPDATABLE_PATHS: &[&str] = &[
+    "display_name",
+    "email",
+    "given_name",
+    "family_name",
+    "phone",
+    "company_name",
+    "lifecycle_stage",
+    "owner_id",
+    "tags",
+    "attributes",
+    "contact_points",
+    "addresses",
+    "source",
+];
+
+impl CustomerFields {
+    /// Validates every writable field of `c`; violations are reported under `prefix`
+    /// (e.g. `customer`).
+    pub fn from_proto(c: &pb::Customer, prefix: &str) -> Result<Self, FieldViolations> {
+        let mut v = FieldViolations::new();
+        let fields = Self::validate_all(c, prefix, &mut v);
+        if v.is_empty() { Ok(fields) } else { Err(v) }
+    }
+
+    fn validate_all(c: &pb::Customer, prefix: &str, v: &mut FieldViolations) -> Self {
+        let f = |name: &str| format!("{prefix}.{name}");
+        let display_name = c.display_name.trim().to_string();
+        if display_name.is_empty() {
+            v.add(f("display_name"), "is required");
+        }
+        check_len(v, &f("display_name"), &display_name, 200);
+        let email = non_empty(&c.email).map(|e| e.to_lowercase());
+        if let Some(email) = &email
+            && !is_valid_email(email)
+        {
+            v.add(f("email"), "is not a valid email address");
+        }
+        let phone = non_empty(&c.phone);
+        if let Some(phone) = &phone
+            && !is_valid_e164(phone)
+        {
+            v.add(f("phone"), "must be in E.164 form, e.g. +4915112345678");
+        }
+        for (name, value, max) in [
+            ("given_name", &c.given_name, 100),
+            ("family_name", &c.family_name, 100),
+            ("company_name", &c.company_name, 200),
+            ("owner_id", &c.owner_id, 100),
+            ("source", &c.source, 100),
+        ] {
+            check_len(v, &f(name), value, max);
+        }
+        let lifecycle_stage = lifecycle_stage_name(c.lifecycle_stage).unwrap_or_else(|| {
+            v.add(f("lifecycle_stage"), format!("unknown value {}", c.lifecycle_stage));
+            "LEAD"
+        });
+        let mut tags: Vec<String> = Vec::new();
+        for (i, tag) in c.tags.iter().enumerate() {
+            let tag = tag.trim().to_lowercase();
+            if !is_valid_tag(&tag) {
+                v.add(
+                    format!("{prefix}.tags[{i}]"),
+                    "tags are 1..=50 characters of [a-z0-9_-]",
+                );
+            } else if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        if tags.len() > MAX_TAGS {
+            v.add(f("tags"), format!("at most {MAX_TAGS} tags"));
+        }
+        let attributes = Attributes::from_proto(&c.attributes, &f("attributes"), v);
+        if c.contact_points.len() > MAX_CONTACT_POINTS {
+            v.add(f("contact_points"), format!("at most {MAX_CONTACT_POINTS}"));
+        }
+        let contact_points = c
+            .contact_points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, cp)| {
+                let path = format!("{prefix}.contact_points[{i}]");
+                let value = cp.value.trim();
+                let kind = match pb::ContactPointType::try_from(cp.r#type) {
+                    Ok(pb::ContactPointType::Email) => {
+                        if !is_valid_email(&value.to_lowercase()) {
+                            v.add(format!("{path}.value"), "is not a valid email address");
+                        }
+                        "EMAIL"
+                    }
+                    Ok(pb::ContactPointType::Phone) => {
+                        if !is_valid_e164(value) {
+                            v.add(format!("{path}.value"), "must be in E.164 form");
+                        }
+                        "PHONE"
+                    }
+                    _ => {
+                        v.add(format!("{path}.type"), "must be EMAIL or PHONE");
+                        return None;
+                    }
+                };
+                check_len(v, &format!("{path}.label"), &cp.label, 50);
+                Some(ContactPoint {
+                    kind: kind.into(),
+                    value: if kind == "EMAIL" { value.to_lowercase() } else { value.to_string() },
+                    label: cp.label.clone(),
+                })
+            })
+            .collect();
+        if c.addresses.len() > MAX_ADDRESSES {
+            v.add(f("addresses"), format!("at most {MAX_ADDRESSES}"));
+        }
+        let addresses = c
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let path = format!("{prefix}.addresses[{i}]");
+                check_len(v, &format!("{path}.label"), &a.label, 50);
+                let postal = a.address.clone().unwrap_or_default();
+                let region = postal.region_code.trim().to_uppercase();
+                if region.len() != 2 || !region.chars().all(|c| c.is_ascii_uppercase()) {
+                    v.add(
+                        format!("{path}.address.region_code"),
+                        "must be a two-letter CLDR region code, e.g. DE",
+                    );
+                }
+                if postal.address_lines.len() > 5 {
+                    v.add(format!("{path}.address.address_lines"), "at most 5 lines");
+                }
+                for (j, line) in postal.address_lines.iter().enumerate() {
+                    check_len(v, &format!("{path}.address.address_lines[{j}]"), line, 200);
+                }
+                Address {
+                    label: a.label.clone(),
+                    region_code: region,
+                    postal_code: postal.postal_code,
+                    administrative_area: postal.administrative_area,
+                    locality: postal.locality,
+                    address_lines: postal.address_lines,
+                    recipient: postal.recipient,
+                }
+            })
+            .collect();
+        CustomerFields {
+            display_name,
+            email,
+            given_name: non_empty(&c.given_name),
+            family_name: non_empty(&c.family_name),
+            phone,
+            company_name: non_empty(&c.company_name),
+            lifecycle_stage,
+            owner_id: non_empty(&c.owner_id),
+            source: non_empty(&c.source),
+            tags,
+            attributes,
+            contact_points,
+            addresses,
+        }
+    }
+
+    /// Applies the fields named in `paths` from `incoming` onto `self` (the stored customer),
+    /// validating only those; `attributes.<key>` sets or removes one attribute.
+    pub fn apply_mask(
+        &mut self,
+        incoming: &pb::Customer,
+        paths: &[String],
+    ) -> Result<(), FieldViolations> {
+        let mut v = FieldViolations::new();
+        if paths.is_empty() {
+            v.add("update_mask", "name at least one field to update");
+            return Err(v);
+        }
+        for (i, path) in paths.iter().enumerate() {
+            let known = UPDATABLE_PATHS.contains(&path.as_str())
+                || path
+                    .strip_prefix("attributes.")
+                    .is_some_and(is_valid_attribute_key);
+            if !known {
+                v.add(
+                    format!("update_mask.paths[{i}]"),
+                    format!(
+                        "{path:?} is not updatable; use one of {} or attributes.<key>",
+                        UPDATABLE_PATHS.join(", ")
+                    ),
+                );
+            }
+        }
+        if !v.is_empty() {
+            return Err(v);
+        }
+        // Validate the incoming message as a whole, then keep only violations of masked fields:
+        // unmasked fields are ignored, as AIP-134 says.
+        let mut all = FieldViolations::new();
+        let validated = Self::validate_all(incoming, "customer", &mut all);
+        for violation in all.iter() {
+            let field = violation.field.trim_start_matches("customer.");
+            let masked = paths.iter().any(|p| {
+                field == p
+                    || field.starts_with(&format!("{p}."))
+                    || field.starts_with(&format!("{p}["))
+            });
+            if masked {
+                v.add(&violation.field, &violation.description);
+            }
+        }
+        if !v.is_empty() {
+            return Err(v);
+        }
+        for path in paths {
+            match path.as_str() {
+                "display_name" => self.display_name = validated.display_name.clone(),
+                "email" => self.email = validated.email.clone(),
+                "given_name" => self.given_name = validated.given_name.clone(),
+                "family_name" => self.family_name = validated.family_name.clone(),
+                "phone" => self.phone = validated.phone.clone(),
+                "company_name" => self.company_name = validated.company_name.clone(),
+                "lifecycle_stage" => self.lifecycle_stage = validated.lifecycle_stage,
+                "owner_id" => self.owner_id = validated.owner_id.clone(),
+                "source" => self.source = validated.source.clone(),
+                "tags" => self.tags = validated.tags.clone(),
+                "attributes" => self.attributes = validated.attributes.clone(),
+                "contact_points" => self.contact_points = validated.contact_points.clone(),
+                "addresses" => self.addresses = validated.addresses.clone(),
+                other => {
+                    let key = other.trim_start_matches("attributes.");
+                    self.attributes.timestamp_keys.retain(|k| k != key);
+                    match validated.attributes.values.get(key) {
+                        Some(value) => {
+                            self.attributes.values.insert(key.to_string(), value.clone());
+                            if validated.attributes.timestamp_keys.iter().any(|k| k == key) {
+                                self.attributes.timestamp_keys.push(key.to_string());
+                            }
+                        }
+                        None => {
+                            self.attributes.values.remove(key);
+                        }
+                    }
+                }
+            }
+        }
+        if self.display_name.is_empty() {
+            v.add("customer.display_name", "is required");
+        }
+        if self.attributes.values.len() > MAX_ATTRIBUTES {
+            v.add("customer.attributes", format!("at most {MAX_ATTRIBUTES} attributes"));
+        }
+        if v.is_empty() { Ok(()) } else { Err(v) }
+    }
+}
+
+/// Parses a customer id.
+pub fn parse_id(field: &str, id: &str) -> Result<uuid::Uuid, FieldViolations> {
+    if id.is_empty() {
+        return Err(FieldViolations::single(field, "is required"));
+    }
+    uuid::Uuid::parse_str(id)
+        .map_err(|_| FieldViolations::single(field, format!("{id:?} is not a UUID")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer(display_name: &str) -> pb::Customer {
+        pb::Customer {
+            display_name: display_name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plausible_emails_are_accepted_and_malformed_ones_rejected() {
+        for good in ["ada@example.com", "a.b+tag@sub.example.co.uk", "x@b-c.de"] {
+            assert!(is_valid_email(good), "{good}");
+        }
+        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@-x.com", "a@b..com"] {
+            assert!(!is_valid_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn e164_needs_a_plus_and_seven_to_fifteen_digits() {
+        assert!(is_valid_e164("+4915112345678"));
+        assert!(!is_valid_e164("015112345678"));
+        assert!(!is_valid_e164("+0123456789"));
+        assert!(!is_valid_e164("+12345"));
+        assert!(!is_valid_e164("+49 151 1234567"));
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let mut c = customer("");
+        c.email = "nope".into();
+        c.phone = "123".into();
+        c.tags = vec!["Bad Tag!".into()];
+
+        let violations = CustomerFields::from_proto(&c, "customer").unwrap_err();
+
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["customer.display_name", "customer.email", "customer.phone", "customer.tags[0]"]
+        );
+    }
+
+    #[test]
+    fn emails_are_lower_cased_and_tags_deduplicated() {
+        let mut c = customer("Ada");
+        c.email = "Ada@Example.COM".into();
+        c.tags = vec!["vip".into(), "VIP".into(), "b2b".into()];
+
+        let fields = CustomerFields::from_proto(&c, "customer").unwrap();
+
+        assert_eq!(fields.email.as_deref(), Some("ada@example.com"));
+        assert_eq!(fields.tags, ["vip", "b2b"]);
+        assert_eq!(fields.lifecycle_stage, "LEAD");
+    }
+
+    #[test]
+    fn attributes_keep_their_types_through_storage() {
+        use pb::attribute_value::Kind;
+        let mut c = customer("Ada");
+        let when = timestamp_to_proto("2026-01-02T03:04:05Z".parse().unwrap());
+        for (k, kind) in [
+            ("plan", Kind::StringValue("pro".into())),
+            ("seats", Kind::IntValue(12)),
+            ("score", Kind::DoubleValue(0.5)),
+            ("beta", Kind::BoolValue(true)),
+            ("renewal", Kind::TimestampValue(when)),
+        ] {
+            c.attributes.insert(k.into(), pb::AttributeValue { kind: Some(kind) });
+        }
+
+        let fields = CustomerFields::from_proto(&c, "customer").unwrap();
+
+        assert_eq!(fields.attributes.to_proto(), c.attributes);
+    }
+
+    #[test]
+    fn an_unknown_mask_path_is_rejected() {
+        let mut stored = CustomerFields::from_proto(&customer("Ada"), "customer").unwrap();
+        let err = stored
+            .apply_mask(&customer("Ada"), &["id".to_string()])
+            .unwrap_err();
+        assert_eq!(err.iter().next().unwrap().field, "update_mask.paths[0]");
+    }
+
+    #[test]
+    fn unmasked_invalid_fields_are_ignored_on_update() {
+        let mut stored = CustomerFields::from_proto(&customer("Ada"), "customer").unwrap();
+        let mut incoming = customer("Ada Lovelace");
+        incoming.email = "not-an-email".into();
+
+        stored
+            .apply_mask(&incoming, &["display_name".to_string()])
+            .unwrap();
+
+        assert_eq!(stored.display_name, "Ada Lovelace");
+        assert_eq!(stored.email, None);
+    }
+
+    #[test]
+    fn one_attribute_can_be_removed_through_its_path() {
+        let mut c = customer("Ada");
+        c.attributes.insert(
+            "plan".into(),
+            pb::AttributeValue {
+                kind: Some(pb::attribute_value::Kind::StringValue("pro".into())),
+            },
+        );
+        let mut stored = CustomerFields::from_proto(&c, "customer").unwrap();
+
+        stored
+            .apply_mask(&customer("Ada"), &["attributes.plan".to_string()])
+            .unwrap();
+
+        assert!(stored.attributes.values.is_empty());
+    }
+}

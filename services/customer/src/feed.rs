@@ -1,0 +1,173 @@
+//! The change feed behind WatchCustomerChanges: events are read from `customer.changes` in
+//! sequence order; one LISTEN connection per process wakes every open stream when a write
+//! commits, with a slow poll as the fallback should a notification be missed.
+
+use std::time::Duration;
+
+use crm_platform::ApiError;
+use crm_proto::crm::common::v1::ChangeType;
+use crm_proto::crm::customer::v1 as pb;
+use futures::Stream;
+use prost::Message;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::domain;
+use crate::error::Result;
+
+/// How long events are kept.
+pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+const FALLBACK_POLL: Duration = Duration::from_secs(1);
+const BATCH: i64 = 500;
+
+/// The sequence number a watch starts after.
+pub async fn start_position(db: &PgPool, req: &pb::WatchCustomerChangesRequest) -> Result<i64> {
+    if !req.resume_token.is_empty() {
+        let seq: i64 = req
+            .resume_token
+            .parse()
+            .ok()
+            .filter(|s: &i64| *s >= 0)
+            .ok_or_else(|| ApiError::invalid("resume_token", "is not a token this feed issued"))?;
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM customer.changes")
+            .fetch_one(db)
+            .await?;
+        if let Some(oldest) = oldest
+            && seq < oldest - 1
+        {
+            return Err(ApiError::OutOfRange {
+                reason: "RESUME_TOKEN_EXPIRED",
+                message: "the events after this resume_token are no longer kept; start without one"
+                    .into(),
+            }
+            .into());
+        }
+        return Ok(seq);
+    }
+    if let Some(ts) = &req.start_time {
+        let start = domain::timestamp_from_proto(ts)
+            .ok_or_else(|| ApiError::invalid("start_time", "is not a valid timestamp"))?;
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT min(seq) - 1 FROM customer.changes WHERE change_time >= $1",
+        )
+        .bind(start)
+        .fetch_one(db)
+        .await?;
+        if let Some(seq) = seq {
+            return Ok(seq);
+        }
+    }
+    Ok(sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM customer.changes")
+        .fetch_one(db)
+        .await?)
+}
+
+#[derive(sqlx::FromRow)]
+struct ChangeRow {
+    seq: i64,
+    customer_id: Uuid,
+    change_type: String,
+    merged_into_id: Option<Uuid>,
+    snapshot: Option<Vec<u8>>,
+    change_time: chrono::DateTime<chrono::Utc>,
+}
+
+impl ChangeRow {
+    fn to_proto(&self) -> pb::WatchCustomerChangesResponse {
+        pb::WatchCustomerChangesResponse {
+            event: Some(pb::CustomerChangeEvent {
+                resume_token: self.seq.to_string(),
+                change_type: ChangeType::from_str_name(&self.change_type).unwrap_or_default()
+                    as i32,
+                customer_id: self.customer_id.to_string(),
+                customer: self
+                    .snapshot
+                    .as_deref()
+                    .and_then(|bytes| pb::Customer::decode(bytes).ok()),
+                merged_into_id: self
+                    .merged_into_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+                change_time: Some(domain::timestamp_to_proto(self.change_time)),
+            }),
+        }
+    }
+}
+
+/// Streams events after `after` until the caller goes away.
+pub fn stream(
+    db: PgPool,
+    mut changes: watch::Receiver<u64>,
+    mut after: i64,
+) -> impl Stream<Item = Result<pb::WatchCustomerChangesResponse, Status>> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            let batch: Result<Vec<ChangeRow>, sqlx::Error> = sqlx::query_as(
+                "SELECT seq, customer_id, change_type, merged_into_id, snapshot, change_time \
+                 FROM customer.changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(BATCH)
+            .fetch_all(&db)
+            .await;
+            match batch {
+                Ok(rows) if !rows.is_empty() => {
+                    for row in rows {
+                        after = row.seq;
+                        if tx.send(Ok(row.to_proto())).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    let _ = tx.send(Err(Status::from(ApiError::from(err)))).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(FALLBACK_POLL) => {}
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Listens for `customer_changes` notifications and bumps `notify` for every one, until
+/// `shutdown`; reconnects after errors.
+pub fn spawn_listener(db: PgPool, notify: watch::Sender<u64>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            let listened = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&db).await?;
+                listener.listen("customer_changes").await?;
+                loop {
+                    listener.recv().await?;
+                    notify.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = listened => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "change listener lost its connection; polling until it is back");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    });
+}

@@ -1,0 +1,451 @@
+//! Read-through cache: an in-process tier in front of Redis, in front of PostgreSQL.
+//!
+//! - Entries carry the row's version. Redis is only ever written through a script that keeps the
+//!   newer version, so a reader that loaded an old row cannot overwrite a writer's newer entry.
+//! - A miss on the in-process tier is single-flight: concurrent callers for one key share one
+//!   load.
+//! - After a commit the writer calls [`Cache::put`]: the new entry goes to its own tier and
+//!   Redis, and an invalidation (key, version) is published on Redis pub/sub so every other
+//!   instance drops older copies from its in-process tier.
+//! - The in-process tier is used only while this instance's subscription is live. When it
+//!   drops, the tier is flushed and bypassed until the subscription is back (and flushed again
+//!   then), so a missed invalidation can never be served.
+//! - Redis failures never fail a call: they are logged, counted
+//!   (`crm_cache_requests_total{tier="redis",result="error"}`) and the value comes from
+//!   PostgreSQL.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use rand::Rng;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use secrecy::ExposeSecret;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CacheConfig, RedisConfig};
+use crate::error::ApiError;
+
+/// Keeps whichever of the stored and the offered entry has the higher version.
+const SET_IF_NEWER: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version = tonumber(string.match(current, '^(%-?%d+):'))
+  if version and version >= tonumber(ARGV[1]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// A cached value: the encoded resource and the version of the row it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The row's version; higher is newer.
+    pub version: i64,
+    /// The encoded value.
+    pub bytes: Bytes,
+}
+
+impl Entry {
+    fn to_redis(&self) -> Vec<u8> {
+        let mut out = format!("{}:", self.version).into_bytes();
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+
+    fn from_redis(raw: &[u8]) -> Option<Self> {
+        let colon = raw.iter().position(|b| *b == b':')?;
+        let version = std::str::from_utf8(&raw[..colon]).ok()?.parse().ok()?;
+        Some(Self {
+            version,
+            bytes: Bytes::copy_from_slice(&raw[colon + 1..]),
+        })
+    }
+}
+
+/// The cache of one service. Cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    namespace: String,
+    local: Option<moka::future::Cache<String, Entry>>,
+    /// The newest version announced per key by invalidations, kept a little longer than a load
+    /// can take, so a load that raced with a write cannot leave an older entry behind.
+    announced: moka::sync::Cache<String, i64>,
+    local_live: AtomicBool,
+    redis: Option<RedisTier>,
+    ttl: Duration,
+    jitter_pct: u8,
+}
+
+struct RedisTier {
+    client: redis::Client,
+    connection: Mutex<Option<ConnectionManager>>,
+    last_attempt_ms: AtomicU64,
+    started: Instant,
+    timeout: Duration,
+    script: Script,
+    channel: String,
+}
+
+/// Counts one cache look-up outcome.
+fn count(tier: &'static str, result: &'static str) {
+    metrics::counter!("crm_cache_requests_total", "tier" => tier, "result" => result).increment(1);
+}
+
+impl RedisTier {
+    /// A connection, or `None` while Redis is unreachable. Reconnects at most once a second so
+    /// an outage costs each call nothing but a check.
+    async fn connection(&self) -> Option<ConnectionManager> {
+        let mut guard = self.connection.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            return Some(conn.clone());
+        }
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let last = self.last_attempt_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < 1000 {
+            return None;
+        }
+        self.last_attempt_ms.store(now_ms.max(1), Ordering::Relaxed);
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
+        match tokio::time::timeout(
+            self.timeout * 4,
+            self.client.get_connection_manager_with_config(config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                tracing::info!("connected to Redis");
+                *guard = Some(conn.clone());
+                Some(conn)
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "Redis unreachable; serving from PostgreSQL");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("Redis connect timed out; serving from PostgreSQL");
+                None
+            }
+        }
+    }
+
+    async fn run<T, F, Fut>(&self, op: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.connection().await?;
+        match tokio::time::timeout(self.timeout, op(conn)).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(err)) => {
+                count("redis", "error");
+                tracing::warn!(error = %err, "Redis command failed; serving from PostgreSQL");
+                if err.is_connection_dropped() || err.is_io_error() || err.is_connection_refusal()
+                {
+                    *self.connection.lock().await = None;
+                }
+                None
+            }
+            Err(_) => {
+                count("redis", "error");
+                tracing::warn!("Redis command timed out; serving from PostgreSQL");
+                None
+            }
+        }
+    }
+}
+
+impl Cache {
+    /// A cache for `namespace` (the service's name: keys and the invalidation channel are
+    /// prefixed with it). An empty `redis.url` runs without Redis and without the in-process
+    /// tier, since nothing could tell it about other instances' writes.
+    pub fn new(namespace: &str, redis: &RedisConfig, cache: &CacheConfig) -> anyhow::Result<Self> {
+        let redis_url = redis.url.expose_secret();
+        let redis_tier = if redis_url.is_empty() {
+            None
+        } else {
+            Some(RedisTier {
+                client: redis::Client::open(redis_url)
+                    .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
+                connection: Mutex::new(None),
+                last_attempt_ms: AtomicU64::new(0),
+                started: Instant::now(),
+                timeout: Duration::from_millis(redis.timeout_ms),
+                script: Script::new(SET_IF_NEWER),
+                channel: format!("crm:{namespace}:invalidate"),
+            })
+        };
+        let ttl = Duration::from_secs(cache.ttl_secs);
+        let local = (cache.local_capacity > 0 && redis_tier.is_some()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(cache.local_capacity)
+                .time_to_live(ttl)
+                .build()
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_string(),
+                local,
+                announced: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(Duration::from_secs(60))
+                    .build(),
+                local_live: AtomicBool::new(false),
+                redis: redis_tier,
+                ttl,
+                jitter_pct: cache.ttl_jitter_pct,
+            }),
+        })
+    }
+
+    /// The full key for `id` of `kind`, e.g. `crm:customer:customer:<id>`.
+    pub fn key(&self, kind: &str, id: &str) -> String {
+        format!("crm:{}:{kind}:{id}", self.inner.namespace)
+    }
+
+    /// Whether the in-process tier is in use right now.
+    pub fn local_tier_live(&self) -> bool {
+        self.inner.local.is_some() && self.inner.local_live.load(Ordering::Acquire)
+    }
+
+    fn ttl_with_jitter(&self) -> Duration {
+        let pct = self.inner.jitter_pct as u64;
+        if pct == 0 {
+            return self.inner.ttl;
+        }
+        let ttl_ms = self.inner.ttl.as_millis() as u64;
+        let cut = rand::rng().random_range(0..=ttl_ms * pct / 100);
+        Duration::from_millis(ttl_ms - cut)
+    }
+
+    /// The entry for `key`: from the in-process tier, else Redis, else `load` (PostgreSQL),
+    /// filling the tiers on the way back. Errors come only from `load`.
+    pub async fn get_or_load<F, Fut>(&self, key: &str, load: F) -> Result<Entry, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Entry, ApiError>>,
+    {
+        let Some(local) = self.inner.local.as_ref().filter(|_| self.local_tier_live()) else {
+            return self.load_through_redis(key, load).await;
+        };
+        if let Some(entry) = local.get(key).await {
+            count("local", "hit");
+            return Ok(entry);
+        }
+        count("local", "miss");
+        // moka coalesces concurrent loads of one key into one; the others wait for it.
+        let loaded = local
+            .try_get_with_by_ref(key, self.load_through_redis(key, load))
+            .await;
+        match loaded {
+            Ok(entry) => {
+                if self.announced_newer(key, entry.version) {
+                    // A write committed while this load was in flight: drop what was loaded.
+                    local.invalidate(key).await;
+                }
+                Ok(entry)
+            }
+            Err(shared) => Err(ApiError::from_shared(shared)),
+        }
+    }
+
+    fn announced_newer(&self, key: &str, version: i64) -> bool {
+        self.inner
+            .announced
+            .get(key)
+            .is_some_and(|announced| announced > version)
+    }
+
+    async fn load_through_redis<F, Fut, E>(&self, key: &str, load: F) -> Result<Entry, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Entry, E>>,
+    {
+        if let Some(redis) = &self.inner.redis {
+            let owned_key = key.to_string();
+            let cached = redis
+                .run(|mut conn| async move { conn.get::<_, Option<Vec<u8>>>(owned_key).await })
+                .await;
+            if let Some(raw) = cached {
+                match raw.as_deref().and_then(Entry::from_redis) {
+                    Some(entry) => {
+                        count("redis", "hit");
+                        return Ok(entry);
+                    }
+                    None => count("redis", "miss"),
+                }
+            }
+        }
+        let entry = load().await?;
+        self.store_in_redis(key, &entry).await;
+        Ok(entry)
+    }
+
+    async fn store_in_redis(&self, key: &str, entry: &Entry) {
+        let Some(redis) = &self.inner.redis else {
+            return;
+        };
+        let ttl_ms = self.ttl_with_jitter().as_millis() as u64;
+        let value = entry.to_redis();
+        let payload = value[value.iter().position(|b| *b == b':').unwrap_or(0) + 1..].to_vec();
+        let version = entry.version;
+        let script = &redis.script;
+        let owned_key = key.to_string();
+        redis
+            .run(|mut conn| async move {
+                script
+                    .key(owned_key)
+                    .arg(version)
+                    .arg(payload)
+                    .arg(ttl_ms)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+    }
+
+    /// Publishes a committed write: call after the transaction commits, with the row's new
+    /// version. Never fails; a Redis outage is logged and counted.
+    pub async fn put(&self, key: &str, entry: Entry) {
+        self.note_announced(key, entry.version);
+        if let Some(local) = &self.inner.local {
+            local.insert(key.to_string(), entry.clone()).await;
+        }
+        self.store_in_redis(key, &entry).await;
+        if let Some(redis) = &self.inner.redis {
+            let message = format!("{}:{key}", entry.version);
+            let channel = redis.channel.clone();
+            redis
+                .run(|mut conn| async move { conn.publish::<_, _, i64>(channel, message).await })
+                .await;
+        }
+    }
+
+    fn note_announced(&self, key: &str, version: i64) {
+        let announced = &self.inner.announced;
+        let newest = announced.get(key).map_or(version, |v| v.max(version));
+        announced.insert(key.to_string(), newest);
+    }
+
+    /// Applies an invalidation received from another instance.
+    async fn apply_invalidation(&self, message: &str) {
+        let Some((version, key)) = message
+            .split_once(':')
+            .and_then(|(v, k)| Some((v.parse::<i64>().ok()?, k)))
+        else {
+            tracing::warn!(message, "ignoring a malformed cache invalidation");
+            return;
+        };
+        self.note_announced(key, version);
+        if let Some(local) = &self.inner.local
+            && local.get(key).await.is_some_and(|e| e.version < version)
+        {
+            local.invalidate(key).await;
+        }
+    }
+
+    /// Keeps this instance subscribed to other instances' invalidations until `shutdown`. The
+    /// in-process tier is live only while the subscription is.
+    pub fn spawn_invalidation_listener(&self, shutdown: CancellationToken) {
+        let (Some(_), Some(redis)) = (&self.inner.local, &self.inner.redis) else {
+            return;
+        };
+        let cache = self.clone();
+        let client = redis.client.clone();
+        let channel = redis.channel.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let subscribed = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    redis::RedisResult::Ok(pubsub)
+                };
+                let pubsub = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    result = tokio::time::timeout(Duration::from_secs(2), subscribed) => result,
+                };
+                match pubsub {
+                    Ok(Ok(pubsub)) => {
+                        // Writes made while unsubscribed were never announced here: start empty.
+                        if let Some(local) = &cache.inner.local {
+                            local.invalidate_all();
+                        }
+                        cache.inner.local_live.store(true, Ordering::Release);
+                        backoff = Duration::from_millis(200);
+                        tracing::info!(%channel, "in-process cache tier live");
+                        let mut messages = pubsub.into_on_message();
+                        loop {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                message = messages.next() => match message {
+                                    Some(message) => {
+                                        let payload: String = message.get_payload().unwrap_or_default();
+                                        cache.apply_invalidation(&payload).await;
+                                    }
+                                    None => break,
+                                },
+                            }
+                        }
+                        cache.inner.local_live.store(false, Ordering::Release);
+                        if let Some(local) = &cache.inner.local {
+                            local.invalidate_all();
+                        }
+                        tracing::warn!(%channel, "lost the invalidation subscription; in-process cache tier off");
+                    }
+                    Ok(Err(err)) => {
+                        tracing::debug!(error = %err, "cannot subscribe to invalidations yet");
+                    }
+                    Err(_) => tracing::debug!("subscribing to invalidations timed out"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_through_the_redis_encoding() {
+        let entry = Entry {
+            version: 42,
+            bytes: Bytes::from_static(b"\x00:binary:\xff"),
+        };
+        assert_eq!(Entry::from_redis(&entry.to_redis()), Some(entry));
+    }
+
+    #[test]
+    fn a_value_without_version_is_not_an_entry() {
+        assert_eq!(Entry::from_redis(b"garbage"), None);
+    }
+}

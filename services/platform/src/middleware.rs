@@ -1,0 +1,411 @@
+//! Tower layers every CRM Suite server runs, outermost first: [`ObservabilityLayer`] (request
+//! id, trace context, span, metrics), [`AuthLayer`], then load shedding over a global
+//! concurrency limit (tower's). Deadlines from `grpc-timeout` are enforced by tonic itself with
+//! the configured default.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::propagation::Extractor;
+use tonic::Code;
+use tower::{BoxError, Layer, Service};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::auth::AuthPolicy;
+
+/// Header carrying the request id, read from the caller or generated, and echoed back.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The id of the current request, in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// Adds request ids, trace context, a span per call and Prometheus metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ObservabilityLayer;
+
+impl<S> Layer<S> for ObservabilityLayer {
+    type Service = Observability<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observability { inner }
+    }
+}
+
+/// See [`ObservabilityLayer`].
+#[derive(Debug, Clone)]
+pub struct Observability<S> {
+    inner: S,
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Splits `/pkg.Service/Method` into (`pkg.Service`, `Method`).
+fn split_path(path: &str) -> (String, String) {
+    let trimmed = path.trim_start_matches('/');
+    match trimmed.split_once('/') {
+        Some((service, method)) => (service.to_string(), method.to_string()),
+        None => (trimmed.to_string(), String::new()),
+    }
+}
+
+fn request_id_of(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// The gRPC code a middleware error (not a handler's Status) stands for.
+fn code_of_error(err: &BoxError) -> Code {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        Code::ResourceExhausted
+    } else if err.is::<tonic::TimeoutExpired>() {
+        Code::DeadlineExceeded
+    } else {
+        Code::Unknown
+    }
+}
+
+fn code_of_header(value: &HeaderValue) -> Code {
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+        .map(Code::from_i32)
+        .unwrap_or(Code::Unknown)
+}
+
+/// Records one call's outcome once, whenever it becomes known: from the headers of a
+/// trailers-only response, from the trailers of a body, or as CANCELLED when the body is dropped
+/// before its trailers (the caller went away).
+struct CallRecorder {
+    service: String,
+    method: String,
+    start: Instant,
+    span: tracing::Span,
+    finished: bool,
+}
+
+impl CallRecorder {
+    fn new(service: String, method: String, span: tracing::Span) -> Self {
+        metrics::gauge!("crm_grpc_in_flight_requests", "service" => service.clone()).increment(1.0);
+        Self {
+            service,
+            method,
+            start: Instant::now(),
+            span,
+            finished: false,
+        }
+    }
+
+    fn finish(&mut self, code: Code) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let elapsed = self.start.elapsed();
+        let code_name = format!("{code:?}");
+        metrics::counter!(
+            "crm_grpc_requests_total",
+            "service" => self.service.clone(),
+            "method" => self.method.clone(),
+            "code" => code_name.clone()
+        )
+        .increment(1);
+        metrics::histogram!(
+            "crm_grpc_request_duration_seconds",
+            "service" => self.service.clone(),
+            "method" => self.method.clone()
+        )
+        .record(elapsed.as_secs_f64());
+        metrics::gauge!("crm_grpc_in_flight_requests", "service" => self.service.clone())
+            .decrement(1.0);
+        self.span.record("rpc.grpc.status_code", code as i32);
+        let _entered = self.span.enter();
+        let millis = elapsed.as_secs_f64() * 1000.0;
+        match code {
+            Code::Ok => tracing::debug!(code = %code_name, millis, "call finished"),
+            Code::Internal | Code::Unknown | Code::DataLoss => {
+                tracing::error!(code = %code_name, millis, "call failed")
+            }
+            _ => tracing::info!(code = %code_name, millis, "call finished"),
+        }
+    }
+}
+
+impl Drop for CallRecorder {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+impl<S, ResBody> Service<Request<tonic::body::Body>> for Observability<S>
+where
+    S: Service<Request<tonic::body::Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ObservedBody<ResBody>>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<tonic::body::Body>) -> Self::Future {
+        let (service, method) = split_path(request.uri().path());
+        let request_id = request_id_of(request.headers());
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            request.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        request
+            .extensions_mut()
+            .insert(RequestId(request_id.clone()));
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        let span = tracing::info_span!(
+            "grpc.call",
+            otel.name = %format!("{service}/{method}"),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            request_id = %request_id,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let _ = span.set_parent(parent);
+        let mut recorder = CallRecorder::new(service, method, span.clone());
+
+        // Take the service that was driven to readiness, leaving a fresh clone behind (tower's
+        // documented pattern for services called from a spawned future).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(
+            async move {
+                match inner.call(request).await {
+                    Ok(mut response) => {
+                        if let Some(code) = response.headers().get("grpc-status") {
+                            recorder.finish(code_of_header(code));
+                        }
+                        if let Ok(value) = HeaderValue::from_str(&request_id) {
+                            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                        }
+                        Ok(response.map(|inner| ObservedBody {
+                            inner,
+                            recorder: Some(recorder),
+                        }))
+                    }
+                    Err(err) => {
+                        let err: BoxError = err.into();
+                        recorder.finish(code_of_error(&err));
+                        Err(err)
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reports the call's gRPC status from its trailers.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        recorder: Option<CallRecorder>,
+    }
+}
+
+impl<B> Body for ObservedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(recorder) = this.recorder.as_mut()
+                {
+                    let code = trailers
+                        .get("grpc-status")
+                        .map(code_of_header)
+                        .unwrap_or(Code::Unknown);
+                    recorder.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(recorder) = this.recorder.as_mut() {
+                    recorder.finish(Code::Internal);
+                }
+            }
+            Poll::Ready(None) => {
+                // A body that ends without trailers ended with the headers' status, already
+                // recorded.
+                if let Some(recorder) = this.recorder.as_mut() {
+                    recorder.finish(Code::Ok);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Rejects calls without a valid token or the method's scope, and hands the [`Principal`]
+/// (crate::auth::Principal) to the handler through the request's extensions.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    policy: AuthPolicy,
+}
+
+impl AuthLayer {
+    /// A layer enforcing `policy`.
+    pub fn new(policy: AuthPolicy) -> Self {
+        Self { policy }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// See [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    inner: S,
+    policy: AuthPolicy,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match self.policy.authorize(request.uri().path(), authorization) {
+            Ok(principal) => {
+                if let Some(principal) = principal {
+                    tracing::Span::current().record("enduser.id", principal.subject.as_str());
+                    request.extensions_mut().insert(principal);
+                }
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move { inner.call(request).await.map_err(Into::into) })
+            }
+            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+        }
+    }
+}
+
+/// Injects the current span's trace context into outgoing gRPC metadata, for clients one
+/// service builds to call another: `Client::with_interceptor(channel, inject_trace_context)`.
+#[allow(clippy::result_large_err)]
+pub fn inject_trace_context(
+    mut request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+    impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value.as_str()),
+            ) {
+                self.0.insert(key, value);
+            }
+        }
+    }
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
+    });
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_service_and_method() {
+        assert_eq!(
+            split_path("/crm.customer.v1.CustomerService/GetCustomer"),
+            ("crm.customer.v1.CustomerService".into(), "GetCustomer".into())
+        );
+    }
+
+    #[test]
+    fn a_caller_request_id_is_kept_and_a_missing_one_generated() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id_of(&headers), "abc-123");
+        assert_eq!(request_id_of(&HeaderMap::new()).len(), 36);
+    }
+
+    #[test]
+    fn shed_load_counts_as_resource_exhausted() {
+        let err: BoxError = Box::new(tower::load_shed::error::Overloaded::new());
+        assert_eq!(code_of_error(&err), Code::ResourceExhausted);
+    }
+}

@@ -1,0 +1,276 @@
+//! Serving a set of CRM Suite services on one port: health, reflection, the middleware stack,
+//! and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::auth::{AuthPolicy, MethodScopes};
+use crate::config::Config;
+use crate::db::Database;
+use crate::middleware::{AuthLayer, ObservabilityLayer};
+use crate::page_token::PageTokenCodec;
+
+/// How often readiness (database reachable and migrated) is re-checked.
+const READINESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Everything a service needs from the platform to build itself.
+#[derive(Clone)]
+pub struct ServiceContext {
+    /// The process's configuration.
+    pub config: Arc<Config>,
+    /// Signs and checks page tokens (one key for the whole process).
+    pub page_tokens: PageTokenCodec,
+    /// Cancelled when the process shuts down; background loops stop on it.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for ServiceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceContext").finish_non_exhaustive()
+    }
+}
+
+impl ServiceContext {
+    /// A context for `config`, shutting down with `shutdown`.
+    pub fn new(config: Arc<Config>, shutdown: CancellationToken) -> Self {
+        let page_tokens = PageTokenCodec::new(config.page_token_secret().as_bytes());
+        Self {
+            config,
+            page_tokens,
+            shutdown,
+        }
+    }
+}
+
+/// One service, built and ready to serve.
+pub struct ServiceModule {
+    /// Short name, e.g. `customer`.
+    pub name: &'static str,
+    /// Fully qualified gRPC service name, used as its health-check name.
+    pub grpc_service: &'static str,
+    /// The scope each method needs.
+    pub scopes: MethodScopes,
+    /// The service's database, checked for readiness.
+    pub database: Database,
+    /// Adds the service's gRPC routes.
+    pub add_routes: Box<dyn FnOnce(&mut RoutesBuilder) + Send>,
+}
+
+impl std::fmt::Debug for ServiceModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceModule")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves `modules` on `listener` until `shutdown` is cancelled, then drains in-flight calls
+/// for at most `server.shutdown_grace_secs`.
+pub async fn serve(
+    config: &Config,
+    modules: Vec<ServiceModule>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (jwt_secret, dev_secret) = config.jwt_secret();
+    if dev_secret {
+        tracing::warn!(
+            "auth.jwt_secret is not set: using the built-in development key. Set \
+             CRM__AUTH__JWT_SECRET outside a laptop."
+        );
+    }
+    let tables: Vec<MethodScopes> = modules.iter().map(|m| m.scopes).collect();
+    let policy = AuthPolicy::new(
+        jwt_secret,
+        &config.auth.issuer,
+        &config.auth.audience,
+        &tables,
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let mut reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crm_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crm_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+
+    let mut routes = RoutesBuilder::default();
+    let mut databases = Vec::new();
+    let mut names = Vec::new();
+    for module in modules {
+        health
+            .set_service_status(module.grpc_service, ServingStatus::NotServing)
+            .await;
+        reflection_v1 = reflection_v1.with_service_name(module.grpc_service);
+        reflection_v1alpha = reflection_v1alpha.with_service_name(module.grpc_service);
+        (module.add_routes)(&mut routes);
+        databases.push((module.grpc_service, module.database));
+        names.push(module.name);
+    }
+    routes.add_service(health_service);
+    routes.add_service(reflection_v1.build_v1().context("building reflection v1")?);
+    routes.add_service(
+        reflection_v1alpha
+            .build_v1alpha()
+            .context("building reflection v1alpha")?,
+    );
+
+    let monitor = tokio::spawn(watch_readiness(
+        health.clone(),
+        databases,
+        config.database.migrate_on_start,
+        shutdown.clone(),
+    ));
+
+    let layers = tower::ServiceBuilder::new()
+        .layer(ObservabilityLayer)
+        .layer(AuthLayer::new(policy))
+        .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.server.concurrency_limit,
+        ))
+        .into_inner();
+    let mut builder = Server::builder()
+        .timeout(config.default_timeout())
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true);
+    if config.server.max_connection_age_secs > 0 {
+        builder = builder
+            .max_connection_age(Duration::from_secs(config.server.max_connection_age_secs))
+            .max_connection_age_grace(Duration::from_secs(config.server.shutdown_grace_secs));
+    }
+    let router = builder.layer(layers).add_routes(routes.routes());
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, services = ?names, "serving gRPC");
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal_health = health.clone();
+    let signal = shutdown.clone();
+    let server = router.serve_with_incoming_shutdown(incoming, async move {
+        signal.cancelled().await;
+        tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+        set_all(&signal_health, ServingStatus::NotServing).await;
+    });
+    tokio::pin!(server);
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    tokio::select! {
+        result = &mut server => result.context("gRPC server failed")?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "drain bound reached; closing remaining calls");
+        }
+    }
+    monitor.abort();
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Turns the overall status; per-service statuses follow from `watch_readiness`, which sees
+/// the same shutdown and knows the names.
+async fn set_all(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+}
+
+/// Keeps each service's health status in step with its database: SERVING while reachable and
+/// migrated, NOT_SERVING otherwise; overall ("") SERVING only when every service is.
+async fn watch_readiness(
+    health: HealthReporter,
+    databases: Vec<(&'static str, Database)>,
+    migrate_on_start: bool,
+    shutdown: CancellationToken,
+) {
+    let mut migrated = vec![!migrate_on_start; databases.len()];
+    let mut last: Vec<Option<bool>> = vec![None; databases.len()];
+    loop {
+        if shutdown.is_cancelled() {
+            for (name, _) in &databases {
+                health
+                    .set_service_status(*name, ServingStatus::NotServing)
+                    .await;
+            }
+            health.set_service_status("", ServingStatus::NotServing).await;
+            return;
+        }
+        let mut all_ready = true;
+        for (i, (name, database)) in databases.iter().enumerate() {
+            if !migrated[i] {
+                match database.migrate().await {
+                    Ok(()) => migrated[i] = true,
+                    Err(err) => tracing::warn!(service = name, error = format!("{err:#}"), "migration on start failed; retrying"),
+                }
+            }
+            let ready = match database.is_ready().await {
+                Ok(ready) => ready,
+                Err(err) => {
+                    if last[i] != Some(false) {
+                        tracing::warn!(service = name, error = %err, "database unreachable: NOT_SERVING");
+                    }
+                    false
+                }
+            };
+            if last[i] != Some(ready) {
+                let status = if ready {
+                    tracing::info!(service = name, "database ready: SERVING");
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                health.set_service_status(*name, status).await;
+                last[i] = Some(ready);
+            }
+            all_ready &= ready;
+        }
+        if !shutdown.is_cancelled() {
+            let overall = if all_ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", overall).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(READINESS_INTERVAL) => {}
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => tracing::info!("SIGINT received"),
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        cancel.cancel();
+    });
+    token
+}
