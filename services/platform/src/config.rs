@@ -213,8 +213,11 @@ impl Config {
         // The conventional names sit below the CRM__ ones: an explicit CRM__DATABASE__URL is the
         // more specific statement of intent.
         let env_value = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        for (conventional, key) in [("DATABASE_URL", "database.url"), ("REDIS_URL", "redis.url")] {
-            if let Some(value) = env_value(conventional) {
+        for (conventional, key, specific) in [
+            ("DATABASE_URL", "database.url", "CRM__DATABASE__URL"),
+            ("REDIS_URL", "redis.url", "CRM__REDIS__URL"),
+        ] {
+            if let Some(value) = env_value(conventional).filter(|_| env_value(specific).is_none()) {
                 builder = builder
                     .set_override(key, value)
                     .map_err(|e| ConfigError::key(key, e))?;

@@ -2,17 +2,16 @@
 //! RPC, compiled to parameterised PostgreSQL.
 //!
 //! ```text
-//! expression  = and_group { "OR" and_group }
-//! and_group   = term { ["AND"] term }            (adjacent terms mean AND)
+//! expression  = or_group { ["AND"] or_group }     (adjacent groups mean AND)
+//! or_group    = term { "OR" term }
 //! term        = ("NOT" | "-") term | "(" expression ")" | restriction
 //! restriction = field ("=" | "!=" | "<" | "<=" | ">" | ">=" | ":") value
 //! field       = identifier { "." identifier }
 //! value       = "double-quoted string" | bare_word | integer | decimal | true | false
 //! ```
 //!
-//! Unlike the AIP-160 grammar, where OR binds tighter than AND, here AND binds tighter than OR,
-//! as in SQL and most programming languages — that is what callers expect when they write
-//! `a OR b AND c`.
+//! As in AIP-160 (and so in every CRM Suite List), OR binds tighter than AND: `a AND b OR c`
+//! means `a AND (b OR c)`. Parentheses make the intent explicit and are recommended.
 //!
 //! Services describe what may be filtered with a [`FilterSchema`]; [`parse`] turns the caller's
 //! text into an [`Expr`] and [`to_sql`] checks it against the schema and produces a
@@ -330,7 +329,7 @@ pub fn parse(input: &str) -> Result<Expr, FilterError> {
         depth: 0,
         restrictions: 0,
     };
-    let expr = parser.parse_or()?;
+    let expr = parser.parse_and()?;
     match parser.peek() {
         None => Ok(expr),
         // parse_or stops only at the end or at a ')' it has no '(' for.
@@ -713,15 +712,15 @@ impl Parser {
     }
 
     fn parse_or(&mut self) -> Result<Expr, FilterError> {
-        let mut terms = vec![self.parse_and()?];
+        let mut terms = vec![self.parse_unary()?];
         while self.eat_keyword("OR") {
-            terms.push(self.parse_and()?);
+            terms.push(self.parse_unary()?);
         }
         Ok(unwrap_single(terms, Expr::Or))
     }
 
     fn parse_and(&mut self) -> Result<Expr, FilterError> {
-        let mut terms = vec![self.parse_unary()?];
+        let mut terms = vec![self.parse_or()?];
         loop {
             let explicit_and = self.eat_keyword("AND");
             let starts_term = self.peek().is_some_and(|t| {
@@ -730,7 +729,7 @@ impl Parser {
             // Without AND, anything that can start a term is an implicit AND (AIP-160); with AND,
             // parse_unary reports whatever is missing.
             if explicit_and || starts_term {
-                terms.push(self.parse_unary()?);
+                terms.push(self.parse_or()?);
             } else {
                 return Ok(unwrap_single(terms, Expr::And));
             }
@@ -756,7 +755,7 @@ impl Parser {
                         "empty parentheses; put a condition between '(' and ')'",
                     ));
                 }
-                let inner = self.parse_or()?;
+                let inner = self.parse_and()?;
                 match self.advance() {
                     Some(Token {
                         kind: TokenKind::RParen,
@@ -1355,12 +1354,12 @@ mod tests {
     }
 
     #[test]
-    fn and_binds_tighter_than_or() {
+    fn or_binds_tighter_than_and_as_in_aip_160() {
         let compiled = compile("is_vip = true OR lifetime_orders > 5 AND score < 1.5").unwrap();
 
         assert_eq!(
             compiled.sql,
-            "((c.is_vip = $1) OR ((c.lifetime_orders > $2) AND (c.score < $3)))"
+            "(((c.is_vip = $1) OR (c.lifetime_orders > $2)) AND (c.score < $3))"
         );
         assert_eq!(
             compiled.params,
@@ -1372,7 +1371,7 @@ mod tests {
     fn adjacent_restrictions_are_joined_with_an_implicit_and() {
         let expr = parse("a = 1 b = 2 OR c = 3").unwrap();
 
-        assert_eq!(shape(&expr), "or(and(a=1, b=2), c=3)");
+        assert_eq!(shape(&expr), "and(a=1, or(b=2, c=3))");
     }
 
     #[test]
