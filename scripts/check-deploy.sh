@@ -13,7 +13,8 @@
 #  7. policy: every container has liveness+readiness probes (long-running workloads), a memory
 #     limit, runAsNonRoot, readOnlyRootFilesystem, no privilege escalation, capabilities drop ALL,
 #     seccomp RuntimeDefault, a pinned image; plus references between objects (HPA targets,
-#     selectors, ConfigMaps, PDBs, grace periods) and metric names in alerts/dashboards
+#     selectors, ConfigMaps, PDBs, grace periods, duplicate env) and metric names in
+#     alerts/dashboards; crm.toml keys must be keys of the binary (config.rs), unknown CRM__ env warns
 #  8. promtool: alert and dashboard PromQL parses; alert unit tests (scripts/deploy/alerts.test.yaml)
 #  9. self-tests: the schema rejects each scripts/deploy/testdata/bad-values/*.yaml, the policy
 #     check fails on a bad manifest and on insecure chart values, strict validation rejects a typo
@@ -104,6 +105,11 @@ grep -v '^SUMMARY' "$WORK/policy.txt" || true
 [[ $rc -eq 0 ]] || fail "policy check found violations (above)"
 read -r _ OBJECTS CORE CRDS VIOLATIONS < <(grep '^SUMMARY' "$WORK/policy.txt")
 echo "ok  $OBJECTS objects: $CORE core, $CRDS CRDs checked structurally, $VIOLATIONS violations"
+
+step "config keys: every crm.toml key and CRM__ variable is one the binary knows"
+# The binary rejects unknown keys (exit 64); its keys are documented in services/platform/src/config.rs.
+"$PY" scripts/deploy/check_config_keys.py services/platform/src/config.rs "$WORK"/render/*.yaml \
+  || fail "rendered config sets keys the crm binary does not know (above)"
 
 step "kubernetes-validate --strict -k $KUBE_VERSION"
 for f in "$WORK"/out/*.core.yaml; do

@@ -6,7 +6,8 @@
 #![allow(clippy::all, clippy::pedantic, unused_qualifications, missing_docs)]
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every CRM Suite contract.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/crm_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/crm_descriptor.bin"));
 
 /// Generated code, one module per proto package.
 pub mod crm {

@@ -1,7 +1,6 @@
 //! `crm seed`: realistic demo customers, generated deterministically so re-running tops up to the
 //! requested count instead of duplicating.
 
-
 use anyhow::Context as _;
 use crm_customer::domain::{Address, Attributes, ContactPoint, CustomerFields};
 use crm_platform::config::Config;
@@ -11,19 +10,80 @@ use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
 const GIVEN: &[&str] = &[
-    "Ada", "Alan", "Grace", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Frances", "Edsger",
-    "Hedy", "Tim", "Radia", "Donald", "Sophie", "John", "Mary", "Niklaus", "Katherine", "Guido",
-    "Anita", "Bjarne", "Shafi", "Leslie", "Lynn", "Vint", "Adele", "James", "Annie", "Robert",
+    "Ada",
+    "Alan",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Dennis",
+    "Barbara",
+    "Ken",
+    "Frances",
+    "Edsger",
+    "Hedy",
+    "Tim",
+    "Radia",
+    "Donald",
+    "Sophie",
+    "John",
+    "Mary",
+    "Niklaus",
+    "Katherine",
+    "Guido",
+    "Anita",
+    "Bjarne",
+    "Shafi",
+    "Leslie",
+    "Lynn",
+    "Vint",
+    "Adele",
+    "James",
+    "Annie",
+    "Robert",
 ];
 const FAMILY: &[&str] = &[
-    "Lovelace", "Turing", "Hopper", "Torvalds", "Hamilton", "Ritchie", "Liskov", "Thompson",
-    "Allen", "Dijkstra", "Lamarr", "Berners-Lee", "Perlman", "Knuth", "Wilson", "Smith",
-    "Jackson", "Wirth", "Johnson", "van Rossum", "Borg", "Stroustrup", "Goldwasser", "Lamport",
-    "Conway", "Cerf", "Goldberg", "Gosling", "Easley", "Tarjan",
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Torvalds",
+    "Hamilton",
+    "Ritchie",
+    "Liskov",
+    "Thompson",
+    "Allen",
+    "Dijkstra",
+    "Lamarr",
+    "Berners-Lee",
+    "Perlman",
+    "Knuth",
+    "Wilson",
+    "Smith",
+    "Jackson",
+    "Wirth",
+    "Johnson",
+    "van Rossum",
+    "Borg",
+    "Stroustrup",
+    "Goldwasser",
+    "Lamport",
+    "Conway",
+    "Cerf",
+    "Goldberg",
+    "Gosling",
+    "Easley",
+    "Tarjan",
 ];
 const COMPANIES: &[&str] = &[
-    "Acme GmbH", "Globex Ltd", "Initech", "Umbrella BV", "Stark Industries", "Wayne Enterprises",
-    "Hooli", "Vandelay Import", "Soylent AG", "Tyrell Corp",
+    "Acme GmbH",
+    "Globex Ltd",
+    "Initech",
+    "Umbrella BV",
+    "Stark Industries",
+    "Wayne Enterprises",
+    "Hooli",
+    "Vandelay Import",
+    "Soylent AG",
+    "Tyrell Corp",
 ];
 const CITIES: &[(&str, &str, &str)] = &[
     ("DE", "Berlin", "10115"),
@@ -33,8 +93,23 @@ const CITIES: &[(&str, &str, &str)] = &[
     ("US", "Austin", "73301"),
     ("NL", "Utrecht", "3511"),
 ];
-const TAGS: &[&str] = &["vip", "newsletter", "b2b", "b2c", "trial", "partner", "churn-risk"];
-const STAGES: &[&str] = &["SUBSCRIBER", "LEAD", "OPPORTUNITY", "CUSTOMER", "CUSTOMER", "CHURNED"];
+const TAGS: &[&str] = &[
+    "vip",
+    "newsletter",
+    "b2b",
+    "b2c",
+    "trial",
+    "partner",
+    "churn-risk",
+];
+const STAGES: &[&str] = &[
+    "SUBSCRIBER",
+    "LEAD",
+    "OPPORTUNITY",
+    "CUSTOMER",
+    "CUSTOMER",
+    "CHURNED",
+];
 const PLANS: &[&str] = &["free", "starter", "pro", "enterprise"];
 
 /// The demo customer number `i`: the same every run.
@@ -54,7 +129,10 @@ pub fn demo_customer(i: u32) -> CustomerFields {
         }
     }
     let mut values = serde_json::Map::new();
-    values.insert("plan".into(), PLANS[rng.random_range(0..PLANS.len())].into());
+    values.insert(
+        "plan".into(),
+        PLANS[rng.random_range(0..PLANS.len())].into(),
+    );
     values.insert("seats".into(), rng.random_range(1..500).into());
     values.insert("nps".into(), rng.random_range(-100..=100).into());
     CustomerFields {
@@ -107,8 +185,10 @@ pub async fn run(config: &Config, target: u32) -> anyhow::Result<()> {
         return Ok(());
     }
     let bar = ProgressBar::new((target - start) as u64).with_style(
-        ProgressStyle::with_template("seeding customers {bar:40} {pos}/{len} ({per_sec}, eta {eta})")
-            .context("progress template")?,
+        ProgressStyle::with_template(
+            "seeding customers {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .context("progress template")?,
     );
     let mut i = start;
     while i < target {

@@ -45,7 +45,11 @@ static CUSTOMER_FILTER: LazyLock<FilterSchema> = LazyLock::new(|| {
         .field("family_name", FieldType::Text, "c.family_name")
         .field("phone", FieldType::Text, "c.phone")
         .field("company_name", FieldType::Text, "c.company_name")
-        .field("lifecycle_stage", FieldType::Enum(LIFECYCLE_STAGES), "c.lifecycle_stage")
+        .field(
+            "lifecycle_stage",
+            FieldType::Enum(LIFECYCLE_STAGES),
+            "c.lifecycle_stage",
+        )
         .field("owner_id", FieldType::Text, "c.owner_id")
         .field("source", FieldType::Text, "c.source")
         .field("tags", FieldType::TextArray, "c.tags")
@@ -56,8 +60,16 @@ static CUSTOMER_FILTER: LazyLock<FilterSchema> = LazyLock::new(|| {
 
 static INTERACTION_FILTER: LazyLock<FilterSchema> = LazyLock::new(|| {
     FilterSchema::new()
-        .field("type", FieldType::Enum(&["CALL", "EMAIL", "MEETING", "NOTE"]), "type")
-        .field("direction", FieldType::Enum(&["INBOUND", "OUTBOUND"]), "direction")
+        .field(
+            "type",
+            FieldType::Enum(&["CALL", "EMAIL", "MEETING", "NOTE"]),
+            "type",
+        )
+        .field(
+            "direction",
+            FieldType::Enum(&["INBOUND", "OUTBOUND"]),
+            "direction",
+        )
         .field("owner_id", FieldType::Text, "owner_id")
         .field("occur_time", FieldType::Timestamp, "occur_time")
 });
@@ -127,8 +139,11 @@ impl CustomerApi {
                 }
             })
             .await?;
-        pb::Customer::decode(entry.bytes)
-            .map_err(|e| Error::Api(ApiError::Internal(anyhow::anyhow!("corrupt cache entry: {e}"))))
+        pb::Customer::decode(entry.bytes).map_err(|e| {
+            Error::Api(ApiError::Internal(anyhow::anyhow!(
+                "corrupt cache entry: {e}"
+            )))
+        })
     }
 
     /// A customer, following merged ids to the survivor.
@@ -139,7 +154,9 @@ impl CustomerApi {
                 return Ok(customer);
             }
             let next = Uuid::parse_str(&customer.merged_into_id).map_err(|e| {
-                Error::Api(ApiError::Internal(anyhow::anyhow!("bad merged_into_id: {e}")))
+                Error::Api(ApiError::Internal(anyhow::anyhow!(
+                    "bad merged_into_id: {e}"
+                )))
             })?;
             customer = self.get_stored(next).await?;
         }
@@ -156,8 +173,7 @@ impl CustomerApi {
         change_types: &[(ChangeType, Option<Uuid>)],
     ) -> Result<Vec<pb::Customer>> {
         let customers = store::to_protos(&mut tx, rows).await?;
-        for ((customer, row), (change, merged_into)) in
-            customers.iter().zip(rows).zip(change_types)
+        for ((customer, row), (change, merged_into)) in customers.iter().zip(rows).zip(change_types)
         {
             let snapshot = (*change != ChangeType::Erased).then_some(customer);
             store::append_change(&mut tx, row.id, *change, *merged_into, snapshot).await?;
@@ -177,8 +193,15 @@ impl CustomerApi {
         Ok(customers)
     }
 
-    async fn lock_active(&self, tx: &mut PgConnection, id: Uuid, etag: &str) -> Result<CustomerRow> {
-        let row = store::find(tx, id, true).await?.ok_or(Error::NotFound(id))?;
+    async fn lock_active(
+        &self,
+        tx: &mut PgConnection,
+        id: Uuid,
+        etag: &str,
+    ) -> Result<CustomerRow> {
+        let row = store::find(tx, id, true)
+            .await?
+            .ok_or(Error::NotFound(id))?;
         if !etag.is_empty() && etag != row.etag() {
             return Err(Error::EtagMismatch);
         }
@@ -233,21 +256,28 @@ impl CustomerApi {
         Ok((response, true))
     }
 
-    fn parse_filter(&self, input: &str, schema: &FilterSchema, first_param: usize) -> Result<filter::SqlFilter> {
+    fn parse_filter(
+        &self,
+        input: &str,
+        schema: &FilterSchema,
+        first_param: usize,
+    ) -> Result<filter::SqlFilter> {
         let expr = filter::parse(input).map_err(|e| ApiError::invalid("filter", e.to_string()))?;
         Ok(filter::to_sql(&expr, schema, first_param)
             .map_err(|e| ApiError::invalid("filter", e.to_string()))?)
     }
 
-    fn decode_token<C: serde::de::DeserializeOwned>(&self, token: &str, fingerprint: u64) -> Result<Option<C>> {
+    fn decode_token<C: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        fingerprint: u64,
+    ) -> Result<Option<C>> {
         if token.is_empty() {
             return Ok(None);
         }
-        Ok(Some(
-            self.page_tokens
-                .decode(token, fingerprint)
-                .map_err(|e| ApiError::invalid("page_token", e.to_string()))?,
-        ))
+        Ok(Some(self.page_tokens.decode(token, fingerprint).map_err(
+            |e| ApiError::invalid("page_token", e.to_string()),
+        )?))
     }
 
     async fn list(&self, req: pb::ListCustomersRequest) -> Result<pb::ListCustomersResponse> {
@@ -268,7 +298,10 @@ impl CustomerApi {
         let keys: Vec<(&str, &str, bool)> = order
             .iter()
             .map(|term| {
-                let key = ORDER_KEYS.iter().find(|k| k.0 == term.field).expect("validated");
+                let key = ORDER_KEYS
+                    .iter()
+                    .find(|k| k.0 == term.field)
+                    .expect("validated");
                 (key.1, key.2, term.descending)
             })
             .collect();
@@ -298,10 +331,18 @@ impl CustomerApi {
                 }
                 if i < keys.len() {
                     let (expr, ty, desc) = keys[i];
-                    parts.push(format!("{expr} {} ${}::{ty}", if desc { "<" } else { ">" }, next + i));
+                    parts.push(format!(
+                        "{expr} {} ${}::{ty}",
+                        if desc { "<" } else { ">" },
+                        next + i
+                    ));
                 } else {
                     let desc = keys.last().is_some_and(|k| k.2);
-                    parts.push(format!("c.id {} ${}::uuid", if desc { "<" } else { ">" }, next + keys.len()));
+                    parts.push(format!(
+                        "c.id {} ${}::uuid",
+                        if desc { "<" } else { ">" },
+                        next + keys.len()
+                    ));
                 }
                 alternatives.push(format!("({})", parts.join(" AND ")));
             }
@@ -310,7 +351,11 @@ impl CustomerApi {
             cursor_params.push(cursor.id.to_string());
             next += cursor_params.len();
         }
-        let id_dir = if keys.last().is_some_and(|k| k.2) { "DESC" } else { "ASC" };
+        let id_dir = if keys.last().is_some_and(|k| k.2) {
+            "DESC"
+        } else {
+            "ASC"
+        };
         let order_sql: Vec<String> = keys
             .iter()
             .map(|(expr, _, desc)| format!("{expr} {}", if *desc { "DESC" } else { "ASC" }))
@@ -318,7 +363,8 @@ impl CustomerApi {
             .collect();
         sql.push_str(&format!(" ORDER BY {} LIMIT ${next}", order_sql.join(", ")));
 
-        let mut query = bind_filter_params(sqlx::query_as::<_, CustomerRow>(&sql), &sql_filter.params);
+        let mut query =
+            bind_filter_params(sqlx::query_as::<_, CustomerRow>(&sql), &sql_filter.params);
         for value in &cursor_params {
             query = query.bind(value);
         }
@@ -331,11 +377,21 @@ impl CustomerApi {
                 .map(|term| match term.field.as_str() {
                     "display_name" => last.display_name.clone().unwrap_or_default(),
                     "email" => last.email.clone().unwrap_or_default(),
-                    "update_time" => last.update_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                    _ => last.create_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    "update_time" => last
+                        .update_time
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    _ => last
+                        .create_time
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                 })
                 .collect();
-            self.page_tokens.encode(fingerprint, &ListCursor { values, id: last.id })
+            self.page_tokens.encode(
+                fingerprint,
+                &ListCursor {
+                    values,
+                    id: last.id,
+                },
+            )
         } else {
             String::new()
         };
@@ -397,7 +453,8 @@ impl CustomerApi {
         let next_page_token = if hits.len() > limit as usize {
             hits.truncate(limit as usize);
             let last = hits.last().expect("a full page has a last row");
-            self.page_tokens.encode(fingerprint, &(last.score, last.row.id))
+            self.page_tokens
+                .encode(fingerprint, &(last.score, last.row.id))
         } else {
             String::new()
         };
@@ -417,7 +474,11 @@ impl CustomerApi {
         })
     }
 
-    async fn merge(&self, req: pb::MergeCustomersRequest, actor: &str) -> Result<pb::MergeCustomersResponse> {
+    async fn merge(
+        &self,
+        req: pb::MergeCustomersRequest,
+        actor: &str,
+    ) -> Result<pb::MergeCustomersResponse> {
         let mut v = FieldViolations::new();
         let survivor = parse_id("survivor_id", &req.survivor_id);
         if let Err(e) = &survivor {
@@ -429,7 +490,9 @@ impl CustomerApi {
         let mut duplicates = Vec::new();
         for (i, id) in req.duplicate_ids.iter().enumerate() {
             match parse_id(&format!("duplicate_ids[{i}]"), id) {
-                Ok(id) if duplicates.contains(&id) => v.add(format!("duplicate_ids[{i}]"), "is repeated"),
+                Ok(id) if duplicates.contains(&id) => {
+                    v.add(format!("duplicate_ids[{i}]"), "is repeated")
+                }
                 Ok(id) if survivor.as_ref().is_ok_and(|s| *s == id) => {
                     v.add(format!("duplicate_ids[{i}]"), "is the survivor itself")
                 }
@@ -445,10 +508,12 @@ impl CustomerApi {
         let hash = idempotency::request_hash(&req.encode_to_vec());
         if !req.request_id.is_empty()
             && let Claim::Replay(bytes) =
-                idempotency::claim(&mut tx, SCHEMA, "MergeCustomers", &req.request_id, &hash).await?
+                idempotency::claim(&mut tx, SCHEMA, "MergeCustomers", &req.request_id, &hash)
+                    .await?
         {
-            return pb::MergeCustomersResponse::decode(bytes)
-                .map_err(|e| Error::Api(ApiError::Internal(anyhow::anyhow!("stored response: {e}"))));
+            return pb::MergeCustomersResponse::decode(bytes).map_err(|e| {
+                Error::Api(ApiError::Internal(anyhow::anyhow!("stored response: {e}")))
+            });
         }
         // Lock in id order so concurrent merges cannot deadlock.
         let mut all = duplicates.clone();
@@ -458,7 +523,11 @@ impl CustomerApi {
         for id in &all {
             locked.push(self.lock_active(&mut tx, *id, "").await?);
         }
-        let survivor_row = locked.iter().find(|r| r.id == survivor).expect("locked").clone();
+        let survivor_row = locked
+            .iter()
+            .find(|r| r.id == survivor)
+            .expect("locked")
+            .clone();
         let mut fields = survivor_row.fields();
         let mut merged_rows = Vec::new();
         for dup in locked.iter().filter(|r| r.id != survivor) {
@@ -470,12 +539,20 @@ impl CustomerApi {
             if fields.phone.is_none() {
                 fields.phone = theirs.phone.clone();
             } else if let Some(phone) = theirs.phone.filter(|p| Some(p) != fields.phone.as_ref()) {
-                fields.contact_points.push(domain::ContactPoint { kind: "PHONE".into(), value: phone, label: "merged".into() });
+                fields.contact_points.push(domain::ContactPoint {
+                    kind: "PHONE".into(),
+                    value: phone,
+                    label: "merged".into(),
+                });
             }
             if fields.email.is_none() {
                 fields.email = theirs.email.clone();
             } else if let Some(email) = theirs.email.filter(|e| Some(e) != fields.email.as_ref()) {
-                fields.contact_points.push(domain::ContactPoint { kind: "EMAIL".into(), value: email, label: "merged".into() });
+                fields.contact_points.push(domain::ContactPoint {
+                    kind: "EMAIL".into(),
+                    value: email,
+                    label: "merged".into(),
+                });
             }
             for tag in theirs.tags {
                 if !fields.tags.contains(&tag) {
@@ -501,7 +578,8 @@ impl CustomerApi {
                 }
             }
             // The duplicate leaves the active set first, freeing its email for the survivor.
-            merged_rows.push(store::set_state(&mut tx, dup.id, "MERGED", Some(survivor), actor).await?);
+            merged_rows
+                .push(store::set_state(&mut tx, dup.id, "MERGED", Some(survivor), actor).await?);
         }
         fields.tags.truncate(domain::MAX_TAGS);
         fields.contact_points.truncate(domain::MAX_CONTACT_POINTS);
@@ -516,18 +594,31 @@ impl CustomerApi {
             .await?;
         }
         let survivor_row = store::update_fields(&mut tx, survivor, &fields, actor).await?;
-        let merge_record = store::insert_merge(&mut tx, Uuid::now_v7(), survivor, &duplicates, actor).await?;
+        let merge_record =
+            store::insert_merge(&mut tx, Uuid::now_v7(), survivor, &duplicates, actor).await?;
         let mut rows = merged_rows;
-        let mut changes: Vec<(ChangeType, Option<Uuid>)> = rows.iter().map(|_| (ChangeType::Merged, Some(survivor))).collect();
+        let mut changes: Vec<(ChangeType, Option<Uuid>)> = rows
+            .iter()
+            .map(|_| (ChangeType::Merged, Some(survivor)))
+            .collect();
         rows.push(survivor_row);
         changes.push((ChangeType::Updated, None));
-        let survivor_proto = store::to_protos(&mut tx, &rows[rows.len() - 1..]).await?.remove(0);
+        let survivor_proto = store::to_protos(&mut tx, &rows[rows.len() - 1..])
+            .await?
+            .remove(0);
         let response = pb::MergeCustomersResponse {
             customer: Some(survivor_proto),
             merge_record: Some(merge_record),
         };
         if !req.request_id.is_empty() {
-            idempotency::complete(&mut tx, SCHEMA, "MergeCustomers", &req.request_id, &response.encode_to_vec()).await?;
+            idempotency::complete(
+                &mut tx,
+                SCHEMA,
+                "MergeCustomers",
+                &req.request_id,
+                &response.encode_to_vec(),
+            )
+            .await?;
         }
         self.finish_write(tx, &rows, &changes).await?;
         Ok(response)
@@ -535,7 +626,9 @@ impl CustomerApi {
 
     async fn erase(&self, id: Uuid, actor: &str) -> Result<pb::Customer> {
         let mut tx = self.begin().await?;
-        let row = store::find(&mut tx, id, true).await?.ok_or(Error::NotFound(id))?;
+        let row = store::find(&mut tx, id, true)
+            .await?
+            .ok_or(Error::NotFound(id))?;
         if row.state == "ERASED" {
             return Ok(store::to_protos(&mut tx, &[row]).await?.remove(0));
         }
@@ -556,7 +649,11 @@ impl CustomerApi {
         Ok(customers.pop().expect("the erased customer"))
     }
 
-    async fn import_row(&self, row: pb::ImportCustomersRequest, actor: &str) -> pb::ImportCustomersResponse {
+    async fn import_row(
+        &self,
+        row: pb::ImportCustomersRequest,
+        actor: &str,
+    ) -> pb::ImportCustomersResponse {
         let reject = |errors: Vec<String>| pb::ImportCustomersResponse {
             row_ref: row.row_ref.clone(),
             outcome: pb::ImportRowOutcome::Rejected as i32,
@@ -568,7 +665,13 @@ impl CustomerApi {
         };
         let fields = match CustomerFields::from_proto(customer, "customer") {
             Ok(fields) => fields,
-            Err(v) => return reject(v.iter().map(|v| format!("{}: {}", v.field, v.description)).collect()),
+            Err(v) => {
+                return reject(
+                    v.iter()
+                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .collect(),
+                );
+            }
         };
         if let Err(e) = idempotency::validate_request_id("request_id", &row.request_id) {
             return reject(vec![e.to_string()]);
@@ -616,7 +719,10 @@ fn validate_consent(consent: Option<&pb::Consent>) -> Result<ValidConsent, Field
     let channel = match pb::ConsentChannel::try_from(c.channel) {
         Ok(ch) if ch != pb::ConsentChannel::Unspecified => ch.as_str_name(),
         _ => {
-            v.add("consent.channel", "must be EMAIL, SMS, PHONE, PUSH or DIRECT_MAIL");
+            v.add(
+                "consent.channel",
+                "must be EMAIL, SMS, PHONE, PUSH or DIRECT_MAIL",
+            );
             ""
         }
     };
@@ -630,7 +736,10 @@ fn validate_consent(consent: Option<&pb::Consent>) -> Result<ValidConsent, Field
     let legal_basis = match pb::LegalBasis::try_from(c.legal_basis) {
         Ok(b) if b != pb::LegalBasis::Unspecified => b.as_str_name(),
         _ => {
-            v.add("consent.legal_basis", "must be set (CONSENT, CONTRACT, LEGAL_OBLIGATION or LEGITIMATE_INTEREST)");
+            v.add(
+                "consent.legal_basis",
+                "must be set (CONSENT, CONTRACT, LEGAL_OBLIGATION or LEGITIMATE_INTEREST)",
+            );
             ""
         }
     };
@@ -654,20 +763,32 @@ fn validate_consent(consent: Option<&pb::Consent>) -> Result<ValidConsent, Field
         },
     };
     if v.is_empty() {
-        Ok(ValidConsent { channel, status, legal_basis, source, capture_time })
+        Ok(ValidConsent {
+            channel,
+            status,
+            legal_basis,
+            source,
+            capture_time,
+        })
     } else {
         Err(v)
     }
 }
 
-fn validate_interaction(i: Option<&pb::Interaction>) -> Result<(Uuid, InteractionRow), FieldViolations> {
+fn validate_interaction(
+    i: Option<&pb::Interaction>,
+) -> Result<(Uuid, InteractionRow), FieldViolations> {
     let Some(i) = i else {
         return Err(FieldViolations::single("interaction", "is required"));
     };
     let mut v = FieldViolations::new();
-    let customer_id = parse_id("interaction.customer_id", &i.customer_id).map_err(|e| v.extend(e)).ok();
+    let customer_id = parse_id("interaction.customer_id", &i.customer_id)
+        .map_err(|e| v.extend(e))
+        .ok();
     let kind = match pb::InteractionType::try_from(i.r#type) {
-        Ok(t) if t != pb::InteractionType::Unspecified => t.as_str_name().trim_start_matches("INTERACTION_TYPE_"),
+        Ok(t) if t != pb::InteractionType::Unspecified => {
+            t.as_str_name().trim_start_matches("INTERACTION_TYPE_")
+        }
         _ => {
             v.add("interaction.type", "must be CALL, EMAIL, MEETING or NOTE");
             ""
@@ -676,7 +797,9 @@ fn validate_interaction(i: Option<&pb::Interaction>) -> Result<(Uuid, Interactio
     let direction = pb::InteractionDirection::try_from(i.direction)
         .map(|d| match d {
             pb::InteractionDirection::Unspecified => "UNSPECIFIED",
-            other => other.as_str_name().trim_start_matches("INTERACTION_DIRECTION_"),
+            other => other
+                .as_str_name()
+                .trim_start_matches("INTERACTION_DIRECTION_"),
         })
         .unwrap_or_else(|_| {
             v.add("interaction.direction", "unknown value");
@@ -698,14 +821,19 @@ fn validate_interaction(i: Option<&pb::Interaction>) -> Result<(Uuid, Interactio
         Some(ts) => match domain::timestamp_from_proto(ts) {
             Some(t) if t <= now + chrono::Duration::days(1) => t,
             _ => {
-                v.add("interaction.occur_time", "must be a valid time at most 1 day ahead");
+                v.add(
+                    "interaction.occur_time",
+                    "must be a valid time at most 1 day ahead",
+                );
                 now
             }
         },
     };
     let duration_ms = match &i.duration {
         None => None,
-        Some(d) if d.seconds >= 0 && d.seconds <= 86_400 && d.nanos >= 0 => Some(d.seconds * 1000 + d.nanos as i64 / 1_000_000),
+        Some(d) if d.seconds >= 0 && d.seconds <= 86_400 && d.nanos >= 0 => {
+            Some(d.seconds * 1000 + d.nanos as i64 / 1_000_000)
+        }
         Some(_) => {
             v.add("interaction.duration", "must be between 0 and 24 hours");
             None
@@ -739,36 +867,62 @@ fn ok<T>(result: Result<T>) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl CustomerService for CustomerApi {
-    async fn create_customer(&self, request: Request<pb::CreateCustomerRequest>) -> Result<Response<pb::CreateCustomerResponse>, Status> {
+    async fn create_customer(
+        &self,
+        request: Request<pb::CreateCustomerRequest>,
+    ) -> Result<Response<pb::CreateCustomerResponse>, Status> {
         let actor = Principal::of(&request);
         let req = request.into_inner();
         ok(async {
-            let customer = req.customer.as_ref().ok_or_else(|| ApiError::invalid("customer", "is required"))?;
+            let customer = req
+                .customer
+                .as_ref()
+                .ok_or_else(|| ApiError::invalid("customer", "is required"))?;
             let fields = CustomerFields::from_proto(customer, "customer")?;
             idempotency::validate_request_id("request_id", &req.request_id)?;
             let hash = idempotency::request_hash(&req.encode_to_vec());
-            Ok(self.create(&fields, &req.request_id, &hash, &actor).await?.0)
+            Ok(self
+                .create(&fields, &req.request_id, &hash, &actor)
+                .await?
+                .0)
         }
         .await)
     }
 
-    async fn get_customer(&self, request: Request<pb::GetCustomerRequest>) -> Result<Response<pb::GetCustomerResponse>, Status> {
+    async fn get_customer(
+        &self,
+        request: Request<pb::GetCustomerRequest>,
+    ) -> Result<Response<pb::GetCustomerResponse>, Status> {
         let req = request.into_inner();
         ok(async {
             let id = parse_id("id", &req.id)?;
-            Ok(pb::GetCustomerResponse { customer: Some(self.get_resolved(id).await?) })
+            Ok(pb::GetCustomerResponse {
+                customer: Some(self.get_resolved(id).await?),
+            })
         }
         .await)
     }
 
-    async fn batch_get_customers(&self, request: Request<pb::BatchGetCustomersRequest>) -> Result<Response<pb::BatchGetCustomersResponse>, Status> {
+    async fn batch_get_customers(
+        &self,
+        request: Request<pb::BatchGetCustomersRequest>,
+    ) -> Result<Response<pb::BatchGetCustomersResponse>, Status> {
         let req = request.into_inner();
         ok(async {
             if req.ids.is_empty() || req.ids.len() > 100 {
                 return Err(ApiError::invalid("ids", "name 1..=100 ids").into());
             }
             let mut v = FieldViolations::new();
-            let ids: Vec<Uuid> = req.ids.iter().enumerate().filter_map(|(i, id)| parse_id(&format!("ids[{i}]"), id).map_err(|e| v.extend(e)).ok()).collect();
+            let ids: Vec<Uuid> = req
+                .ids
+                .iter()
+                .enumerate()
+                .filter_map(|(i, id)| {
+                    parse_id(&format!("ids[{i}]"), id)
+                        .map_err(|e| v.extend(e))
+                        .ok()
+                })
+                .collect();
             v.into_result()?;
             let mut customers = Vec::with_capacity(ids.len());
             for id in ids {
@@ -779,15 +933,24 @@ impl CustomerService for CustomerApi {
         .await)
     }
 
-    async fn list_customers(&self, request: Request<pb::ListCustomersRequest>) -> Result<Response<pb::ListCustomersResponse>, Status> {
+    async fn list_customers(
+        &self,
+        request: Request<pb::ListCustomersRequest>,
+    ) -> Result<Response<pb::ListCustomersResponse>, Status> {
         ok(self.list(request.into_inner()).await)
     }
 
-    async fn update_customer(&self, request: Request<pb::UpdateCustomerRequest>) -> Result<Response<pb::UpdateCustomerResponse>, Status> {
+    async fn update_customer(
+        &self,
+        request: Request<pb::UpdateCustomerRequest>,
+    ) -> Result<Response<pb::UpdateCustomerResponse>, Status> {
         let actor = Principal::of(&request);
         let req = request.into_inner();
         ok(async {
-            let incoming = req.customer.as_ref().ok_or_else(|| ApiError::invalid("customer", "is required"))?;
+            let incoming = req
+                .customer
+                .as_ref()
+                .ok_or_else(|| ApiError::invalid("customer", "is required"))?;
             let id = parse_id("customer.id", &incoming.id)?;
             let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
             let mut tx = self.begin().await?;
@@ -795,13 +958,20 @@ impl CustomerService for CustomerApi {
             let mut fields = row.fields();
             fields.apply_mask(incoming, &paths)?;
             let row = store::update_fields(&mut tx, id, &fields, &actor).await?;
-            let mut customers = self.finish_write(tx, &[row], &[(ChangeType::Updated, None)]).await?;
-            Ok(pb::UpdateCustomerResponse { customer: customers.pop() })
+            let mut customers = self
+                .finish_write(tx, &[row], &[(ChangeType::Updated, None)])
+                .await?;
+            Ok(pb::UpdateCustomerResponse {
+                customer: customers.pop(),
+            })
         }
         .await)
     }
 
-    async fn delete_customer(&self, request: Request<pb::DeleteCustomerRequest>) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
+    async fn delete_customer(
+        &self,
+        request: Request<pb::DeleteCustomerRequest>,
+    ) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
         let actor = Principal::of(&request);
         let req = request.into_inner();
         ok(async {
@@ -809,19 +979,28 @@ impl CustomerService for CustomerApi {
             let mut tx = self.begin().await?;
             self.lock_active(&mut tx, id, &req.etag).await?;
             let row = store::set_state(&mut tx, id, "DELETED", None, &actor).await?;
-            let mut customers = self.finish_write(tx, &[row], &[(ChangeType::Deleted, None)]).await?;
-            Ok(pb::DeleteCustomerResponse { customer: customers.pop() })
+            let mut customers = self
+                .finish_write(tx, &[row], &[(ChangeType::Deleted, None)])
+                .await?;
+            Ok(pb::DeleteCustomerResponse {
+                customer: customers.pop(),
+            })
         }
         .await)
     }
 
-    async fn undelete_customer(&self, request: Request<pb::UndeleteCustomerRequest>) -> Result<Response<pb::UndeleteCustomerResponse>, Status> {
+    async fn undelete_customer(
+        &self,
+        request: Request<pb::UndeleteCustomerRequest>,
+    ) -> Result<Response<pb::UndeleteCustomerResponse>, Status> {
         let actor = Principal::of(&request);
         let req = request.into_inner();
         ok(async {
             let id = parse_id("id", &req.id)?;
             let mut tx = self.begin().await?;
-            let row = store::find(&mut tx, id, true).await?.ok_or(Error::NotFound(id))?;
+            let row = store::find(&mut tx, id, true)
+                .await?
+                .ok_or(Error::NotFound(id))?;
             if !req.etag.is_empty() && req.etag != row.etag() {
                 return Err(Error::EtagMismatch);
             }
@@ -829,17 +1008,27 @@ impl CustomerService for CustomerApi {
                 return Err(Error::NotDeleted(id));
             }
             let row = store::set_state(&mut tx, id, "ACTIVE", None, &actor).await?;
-            let mut customers = self.finish_write(tx, &[row], &[(ChangeType::Undeleted, None)]).await?;
-            Ok(pb::UndeleteCustomerResponse { customer: customers.pop() })
+            let mut customers = self
+                .finish_write(tx, &[row], &[(ChangeType::Undeleted, None)])
+                .await?;
+            Ok(pb::UndeleteCustomerResponse {
+                customer: customers.pop(),
+            })
         }
         .await)
     }
 
-    async fn search_customers(&self, request: Request<pb::SearchCustomersRequest>) -> Result<Response<pb::SearchCustomersResponse>, Status> {
+    async fn search_customers(
+        &self,
+        request: Request<pb::SearchCustomersRequest>,
+    ) -> Result<Response<pb::SearchCustomersResponse>, Status> {
         ok(self.search(request.into_inner()).await)
     }
 
-    async fn find_duplicate_customers(&self, request: Request<pb::FindDuplicateCustomersRequest>) -> Result<Response<pb::FindDuplicateCustomersResponse>, Status> {
+    async fn find_duplicate_customers(
+        &self,
+        request: Request<pb::FindDuplicateCustomersRequest>,
+    ) -> Result<Response<pb::FindDuplicateCustomersResponse>, Status> {
         let req = request.into_inner();
         ok(async {
             let id = parse_id("customer_id", &req.customer_id)?;
@@ -898,23 +1087,36 @@ impl CustomerService for CustomerApi {
         .await)
     }
 
-    async fn merge_customers(&self, request: Request<pb::MergeCustomersRequest>) -> Result<Response<pb::MergeCustomersResponse>, Status> {
+    async fn merge_customers(
+        &self,
+        request: Request<pb::MergeCustomersRequest>,
+    ) -> Result<Response<pb::MergeCustomersResponse>, Status> {
         let actor = Principal::of(&request);
         ok(self.merge(request.into_inner(), &actor).await)
     }
 
-    async fn list_merge_records(&self, request: Request<pb::ListMergeRecordsRequest>) -> Result<Response<pb::ListMergeRecordsResponse>, Status> {
+    async fn list_merge_records(
+        &self,
+        request: Request<pb::ListMergeRecordsRequest>,
+    ) -> Result<Response<pb::ListMergeRecordsResponse>, Status> {
         let req = request.into_inner();
         ok(async {
             let id = parse_id("customer_id", &req.customer_id)?;
             let mut conn = self.db.acquire().await?;
-            store::find(&mut conn, id, false).await?.ok_or(Error::NotFound(id))?;
-            Ok(pb::ListMergeRecordsResponse { merge_records: store::merge_records(&mut conn, id).await? })
+            store::find(&mut conn, id, false)
+                .await?
+                .ok_or(Error::NotFound(id))?;
+            Ok(pb::ListMergeRecordsResponse {
+                merge_records: store::merge_records(&mut conn, id).await?,
+            })
         }
         .await)
     }
 
-    async fn erase_customer(&self, request: Request<pb::EraseCustomerRequest>) -> Result<Response<pb::EraseCustomerResponse>, Status> {
+    async fn erase_customer(
+        &self,
+        request: Request<pb::EraseCustomerRequest>,
+    ) -> Result<Response<pb::EraseCustomerResponse>, Status> {
         let actor = Principal::of(&request);
         let req = request.into_inner();
         ok(async {
@@ -926,12 +1128,17 @@ impl CustomerService for CustomerApi {
             }
             v.into_result()?;
             tracing::info!(customer_id = req.id, reason, actor, "erasing customer");
-            Ok(pb::EraseCustomerResponse { customer: Some(self.erase(id.expect("validated"), &actor).await?) })
+            Ok(pb::EraseCustomerResponse {
+                customer: Some(self.erase(id.expect("validated"), &actor).await?),
+            })
         }
         .await)
     }
 
-    async fn export_customer_data(&self, request: Request<pb::ExportCustomerDataRequest>) -> Result<Response<pb::ExportCustomerDataResponse>, Status> {
+    async fn export_customer_data(
+        &self,
+        request: Request<pb::ExportCustomerDataRequest>,
+    ) -> Result<Response<pb::ExportCustomerDataResponse>, Status> {
         let req = request.into_inner();
         ok(async {
             let id = parse_id("id", &req.id)?;
@@ -955,7 +1162,10 @@ impl CustomerService for CustomerApi {
         .await)
     }
 
-    async fn record_consent(&self, request: Request<pb::RecordConsentRequest>) -> Result<Response<pb::RecordConsentResponse>, Status> {
+    async fn record_consent(
+        &self,
+        request: Request<pb::RecordConsentRequest>,
+    ) -> Result<Response<pb::RecordConsentResponse>, Status> {
         let actor = Principal::of(&request);
         let req = request.into_inner();
         ok(async {
@@ -981,16 +1191,23 @@ impl CustomerService for CustomerApi {
         .await)
     }
 
-    async fn list_consent_history(&self, request: Request<pb::ListConsentHistoryRequest>) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
+    async fn list_consent_history(
+        &self,
+        request: Request<pb::ListConsentHistoryRequest>,
+    ) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
         let req = request.into_inner();
         ok(async {
             let id = parse_id("customer_id", &req.customer_id)?;
             let limit = page_size(req.page_size, 50, 1000)?;
             let fingerprint = query_fingerprint(&[&req.customer_id]);
-            let cursor: Option<(DateTime<Utc>, i64)> = self.decode_token(&req.page_token, fingerprint)?;
+            let cursor: Option<(DateTime<Utc>, i64)> =
+                self.decode_token(&req.page_token, fingerprint)?;
             let mut conn = self.db.acquire().await?;
-            store::find(&mut conn, id, false).await?.ok_or(Error::NotFound(id))?;
-            let mut entries = store::consent_history(&mut conn, id, cursor, limit as i64 + 1).await?;
+            store::find(&mut conn, id, false)
+                .await?
+                .ok_or(Error::NotFound(id))?;
+            let mut entries =
+                store::consent_history(&mut conn, id, cursor, limit as i64 + 1).await?;
             let next_page_token = if entries.len() > limit as usize {
                 entries.truncate(limit as usize);
                 let last = entries.last().expect("a full page has a last row");
@@ -998,12 +1215,18 @@ impl CustomerService for CustomerApi {
             } else {
                 String::new()
             };
-            Ok(pb::ListConsentHistoryResponse { consents: entries.into_iter().map(|e| e.2).collect(), next_page_token })
+            Ok(pb::ListConsentHistoryResponse {
+                consents: entries.into_iter().map(|e| e.2).collect(),
+                next_page_token,
+            })
         }
         .await)
     }
 
-    async fn create_interaction(&self, request: Request<pb::CreateInteractionRequest>) -> Result<Response<pb::CreateInteractionResponse>, Status> {
+    async fn create_interaction(
+        &self,
+        request: Request<pb::CreateInteractionRequest>,
+    ) -> Result<Response<pb::CreateInteractionResponse>, Status> {
         let actor = Principal::of(&request);
         let req = request.into_inner();
         ok(async {
@@ -1045,16 +1268,22 @@ impl CustomerService for CustomerApi {
         .await)
     }
 
-    async fn list_interactions(&self, request: Request<pb::ListInteractionsRequest>) -> Result<Response<pb::ListInteractionsResponse>, Status> {
+    async fn list_interactions(
+        &self,
+        request: Request<pb::ListInteractionsRequest>,
+    ) -> Result<Response<pb::ListInteractionsResponse>, Status> {
         let req = request.into_inner();
         ok(async {
             let id = parse_id("customer_id", &req.customer_id)?;
             let limit = page_size(req.page_size, 50, 1000)?;
             let sql_filter = self.parse_filter(&req.filter, &INTERACTION_FILTER, 5)?;
             let fingerprint = query_fingerprint(&[&req.customer_id, &req.filter]);
-            let cursor: Option<(DateTime<Utc>, Uuid)> = self.decode_token(&req.page_token, fingerprint)?;
+            let cursor: Option<(DateTime<Utc>, Uuid)> =
+                self.decode_token(&req.page_token, fingerprint)?;
             let mut conn = self.db.acquire().await?;
-            store::find(&mut conn, id, false).await?.ok_or(Error::NotFound(id))?;
+            store::find(&mut conn, id, false)
+                .await?
+                .ok_or(Error::NotFound(id))?;
             let sql = format!(
                 "SELECT {INTERACTION_COLUMNS} FROM customer.interactions WHERE customer_id = $1 \
                  AND ($2::timestamptz IS NULL OR (occur_time, id) < ($2, $3)) AND {} \
@@ -1066,22 +1295,31 @@ impl CustomerService for CustomerApi {
                 .bind(cursor.map(|c| c.0))
                 .bind(cursor.map(|c| c.1).unwrap_or_default())
                 .bind(limit as i64 + 1);
-            let mut rows = bind_filter_params(query, &sql_filter.params).fetch_all(&mut *conn).await?;
+            let mut rows = bind_filter_params(query, &sql_filter.params)
+                .fetch_all(&mut *conn)
+                .await?;
             let next_page_token = if rows.len() > limit as usize {
                 rows.truncate(limit as usize);
                 let last = rows.last().expect("a full page has a last row");
-                self.page_tokens.encode(fingerprint, &(last.occur_time, last.id))
+                self.page_tokens
+                    .encode(fingerprint, &(last.occur_time, last.id))
             } else {
                 String::new()
             };
-            Ok(pb::ListInteractionsResponse { interactions: rows.iter().map(InteractionRow::to_proto).collect(), next_page_token })
+            Ok(pb::ListInteractionsResponse {
+                interactions: rows.iter().map(InteractionRow::to_proto).collect(),
+                next_page_token,
+            })
         }
         .await)
     }
 
     type ImportCustomersStream = ResponseStream<pb::ImportCustomersResponse>;
 
-    async fn import_customers(&self, request: Request<Streaming<pb::ImportCustomersRequest>>) -> Result<Response<Self::ImportCustomersStream>, Status> {
+    async fn import_customers(
+        &self,
+        request: Request<Streaming<pb::ImportCustomersRequest>>,
+    ) -> Result<Response<Self::ImportCustomersStream>, Status> {
         let actor = Principal::of(&request);
         let mut rows = request.into_inner();
         // A small buffer: when the caller stops reading results, the import stops reading rows,
@@ -1105,9 +1343,14 @@ impl CustomerService for CustomerApi {
 
     type ExportCustomersStream = ResponseStream<pb::ExportCustomersResponse>;
 
-    async fn export_customers(&self, request: Request<pb::ExportCustomersRequest>) -> Result<Response<Self::ExportCustomersStream>, Status> {
+    async fn export_customers(
+        &self,
+        request: Request<pb::ExportCustomersRequest>,
+    ) -> Result<Response<Self::ExportCustomersStream>, Status> {
         let req = request.into_inner();
-        let sql_filter = self.parse_filter(&req.filter, &CUSTOMER_FILTER, 2).map_err(Status::from)?;
+        let sql_filter = self
+            .parse_filter(&req.filter, &CUSTOMER_FILTER, 2)
+            .map_err(Status::from)?;
         let (tx, rx) = mpsc::channel(256);
         let db = self.db.clone();
         tokio::spawn(async move {
@@ -1121,7 +1364,9 @@ impl CustomerService for CustomerApi {
                 let page: Result<Vec<pb::Customer>> = async {
                     let mut conn = db.acquire().await?;
                     let query = sqlx::query_as::<_, CustomerRow>(&sql).bind(after);
-                    let rows = bind_filter_params(query, &sql_filter.params).fetch_all(&mut *conn).await?;
+                    let rows = bind_filter_params(query, &sql_filter.params)
+                        .fetch_all(&mut *conn)
+                        .await?;
                     store::to_protos(&mut conn, &rows).await
                 }
                 .await;
@@ -1130,7 +1375,13 @@ impl CustomerService for CustomerApi {
                     Ok(customers) => {
                         for customer in customers {
                             after = Uuid::parse_str(&customer.id).unwrap_or(after);
-                            if tx.send(Ok(pb::ExportCustomersResponse { customer: Some(customer) })).await.is_err() {
+                            if tx
+                                .send(Ok(pb::ExportCustomersResponse {
+                                    customer: Some(customer),
+                                }))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -1147,10 +1398,19 @@ impl CustomerService for CustomerApi {
 
     type WatchCustomerChangesStream = ResponseStream<pb::WatchCustomerChangesResponse>;
 
-    async fn watch_customer_changes(&self, request: Request<pb::WatchCustomerChangesRequest>) -> Result<Response<Self::WatchCustomerChangesStream>, Status> {
+    async fn watch_customer_changes(
+        &self,
+        request: Request<pb::WatchCustomerChangesRequest>,
+    ) -> Result<Response<Self::WatchCustomerChangesStream>, Status> {
         let req = request.into_inner();
-        let start = crate::feed::start_position(&self.db, &req).await.map_err(Status::from)?;
-        Ok(Response::new(Box::pin(crate::feed::stream(self.db.clone(), self.changes.clone(), start))))
+        let start = crate::feed::start_position(&self.db, &req)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(Box::pin(crate::feed::stream(
+            self.db.clone(),
+            self.changes.clone(),
+            start,
+        ))))
     }
 }
 

@@ -327,7 +327,10 @@ impl CustomerFields {
             check_len(v, &f(name), value, max);
         }
         let lifecycle_stage = lifecycle_stage_name(c.lifecycle_stage).unwrap_or_else(|| {
-            v.add(f("lifecycle_stage"), format!("unknown value {}", c.lifecycle_stage));
+            v.add(
+                f("lifecycle_stage"),
+                format!("unknown value {}", c.lifecycle_stage),
+            );
             "LEAD"
         });
         let mut tags: Vec<String> = Vec::new();
@@ -377,7 +380,11 @@ impl CustomerFields {
                 check_len(v, &format!("{path}.label"), &cp.label, 50);
                 Some(ContactPoint {
                     kind: kind.into(),
-                    value: if kind == "EMAIL" { value.to_lowercase() } else { value.to_string() },
+                    value: if kind == "EMAIL" {
+                        value.to_lowercase()
+                    } else {
+                        value.to_string()
+                    },
                     label: cp.label.clone(),
                 })
             })
@@ -502,7 +509,9 @@ impl CustomerFields {
                     self.attributes.timestamp_keys.retain(|k| k != key);
                     match validated.attributes.values.get(key) {
                         Some(value) => {
-                            self.attributes.values.insert(key.to_string(), value.clone());
+                            self.attributes
+                                .values
+                                .insert(key.to_string(), value.clone());
                             if validated.attributes.timestamp_keys.iter().any(|k| k == key) {
                                 self.attributes.timestamp_keys.push(key.to_string());
                             }
@@ -518,7 +527,10 @@ impl CustomerFields {
             v.add("customer.display_name", "is required");
         }
         if self.attributes.values.len() > MAX_ATTRIBUTES {
-            v.add("customer.attributes", format!("at most {MAX_ATTRIBUTES} attributes"));
+            v.add(
+                "customer.attributes",
+                format!("at most {MAX_ATTRIBUTES} attributes"),
+            );
         }
         if v.is_empty() { Ok(()) } else { Err(v) }
     }
@@ -549,7 +561,16 @@ mod tests {
         for good in ["ada@example.com", "a.b+tag@sub.example.co.uk", "x@b-c.de"] {
             assert!(is_valid_email(good), "{good}");
         }
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@-x.com", "a@b..com"] {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a da@example.com",
+            "a@-x.com",
+            "a@b..com",
+        ] {
             assert!(!is_valid_email(bad), "{bad}");
         }
     }
@@ -575,7 +596,12 @@ mod tests {
         let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["customer.display_name", "customer.email", "customer.phone", "customer.tags[0]"]
+            [
+                "customer.display_name",
+                "customer.email",
+                "customer.phone",
+                "customer.tags[0]"
+            ]
         );
     }
 
@@ -604,7 +630,8 @@ mod tests {
             ("beta", Kind::BoolValue(true)),
             ("renewal", Kind::TimestampValue(when)),
         ] {
-            c.attributes.insert(k.into(), pb::AttributeValue { kind: Some(kind) });
+            c.attributes
+                .insert(k.into(), pb::AttributeValue { kind: Some(kind) });
         }
 
         let fields = CustomerFields::from_proto(&c, "customer").unwrap();

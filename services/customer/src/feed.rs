@@ -51,19 +51,20 @@ pub async fn start_position(db: &PgPool, req: &pb::WatchCustomerChangesRequest) 
     if let Some(ts) = &req.start_time {
         let start = domain::timestamp_from_proto(ts)
             .ok_or_else(|| ApiError::invalid("start_time", "is not a valid timestamp"))?;
-        let seq: Option<i64> = sqlx::query_scalar(
-            "SELECT min(seq) - 1 FROM customer.changes WHERE change_time >= $1",
-        )
-        .bind(start)
-        .fetch_one(db)
-        .await?;
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT min(seq) - 1 FROM customer.changes WHERE change_time >= $1")
+                .bind(start)
+                .fetch_one(db)
+                .await?;
         if let Some(seq) = seq {
             return Ok(seq);
         }
     }
-    Ok(sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM customer.changes")
-        .fetch_one(db)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM customer.changes")
+            .fetch_one(db)
+            .await?,
+    )
 }
 
 #[derive(sqlx::FromRow)]

@@ -41,7 +41,10 @@ pub const SCOPES: MethodScopes = &[
     ("/crm.customer.v1.CustomerService/DeleteCustomer", WRITE),
     ("/crm.customer.v1.CustomerService/UndeleteCustomer", WRITE),
     ("/crm.customer.v1.CustomerService/SearchCustomers", READ),
-    ("/crm.customer.v1.CustomerService/FindDuplicateCustomers", READ),
+    (
+        "/crm.customer.v1.CustomerService/FindDuplicateCustomers",
+        READ,
+    ),
     ("/crm.customer.v1.CustomerService/MergeCustomers", WRITE),
     ("/crm.customer.v1.CustomerService/ListMergeRecords", READ),
     ("/crm.customer.v1.CustomerService/EraseCustomer", GDPR),
@@ -52,7 +55,10 @@ pub const SCOPES: MethodScopes = &[
     ("/crm.customer.v1.CustomerService/ListInteractions", READ),
     ("/crm.customer.v1.CustomerService/ImportCustomers", WRITE),
     ("/crm.customer.v1.CustomerService/ExportCustomers", READ),
-    ("/crm.customer.v1.CustomerService/WatchCustomerChanges", READ),
+    (
+        "/crm.customer.v1.CustomerService/WatchCustomerChanges",
+        READ,
+    ),
 ];
 
 /// The service's database handle (lazy: nothing connects until first use).

@@ -327,7 +327,10 @@ pub async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Option<(i64, pb::
         return Ok(None);
     };
     let mut consents = current_consents(conn, &[id]).await?;
-    Ok(Some((row.version, row.to_proto(consents.remove(&id).unwrap_or_default()))))
+    Ok(Some((
+        row.version,
+        row.to_proto(consents.remove(&id).unwrap_or_default()),
+    )))
 }
 
 /// Protos for a page of rows, with their consents, in the rows' order.
@@ -474,9 +477,21 @@ pub async fn insert_merge(
     })
 }
 
+#[derive(FromRow)]
+struct MergeRow {
+    id: Uuid,
+    survivor_id: Uuid,
+    merged_ids: Vec<Uuid>,
+    merge_time: DateTime<Utc>,
+    merged_by: String,
+}
+
 /// Merges a customer survived, newest first.
-pub async fn merge_records(conn: &mut PgConnection, survivor: Uuid) -> Result<Vec<pb::MergeRecord>> {
-    let rows: Vec<(Uuid, Uuid, Vec<Uuid>, DateTime<Utc>, String)> = sqlx::query_as(
+pub async fn merge_records(
+    conn: &mut PgConnection,
+    survivor: Uuid,
+) -> Result<Vec<pb::MergeRecord>> {
+    let rows: Vec<MergeRow> = sqlx::query_as(
         "SELECT id, survivor_id, merged_ids, merge_time, merged_by FROM customer.merges \
          WHERE survivor_id = $1 ORDER BY merge_time DESC, id DESC",
     )
@@ -485,12 +500,12 @@ pub async fn merge_records(conn: &mut PgConnection, survivor: Uuid) -> Result<Ve
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, survivor, merged, time, by)| pb::MergeRecord {
-            id: id.to_string(),
-            survivor_id: survivor.to_string(),
-            merged_ids: merged.iter().map(Uuid::to_string).collect(),
-            merge_time: Some(domain::timestamp_to_proto(time)),
-            merged_by: by,
+        .map(|row| pb::MergeRecord {
+            id: row.id.to_string(),
+            survivor_id: row.survivor_id.to_string(),
+            merged_ids: row.merged_ids.iter().map(Uuid::to_string).collect(),
+            merge_time: Some(domain::timestamp_to_proto(row.merge_time)),
+            merged_by: row.merged_by,
         })
         .collect())
 }

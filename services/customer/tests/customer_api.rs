@@ -51,7 +51,10 @@ async fn an_unknown_or_malformed_id_is_not_found_or_invalid() {
     let app = spawn_app().await;
     let client = app.client().await;
 
-    let missing = client.get(&uuid::Uuid::now_v7().to_string()).await.unwrap_err();
+    let missing = client
+        .get(&uuid::Uuid::now_v7().to_string())
+        .await
+        .unwrap_err();
     let malformed = client.get("nope").await.unwrap_err();
 
     assert_eq!(missing.code(), Code::NotFound);
@@ -70,7 +73,11 @@ async fn a_second_active_customer_with_the_same_email_already_exists() {
     let status = client.create(second).await.unwrap_err();
 
     assert_eq!(status.code(), Code::AlreadyExists);
-    assert!(!status.message().contains("customers_active_email_key"), "{}", status.message());
+    assert!(
+        !status.message().contains("customers_active_email_key"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -87,7 +94,10 @@ async fn a_stale_etag_is_aborted_and_overwrites_nothing() {
     let status = client.update(stale, &["display_name"]).await.unwrap_err();
 
     assert_eq!(status.code(), Code::Aborted);
-    assert_eq!(client.get(&created.id).await.unwrap().display_name, "Countess of Lovelace");
+    assert_eq!(
+        client.get(&created.id).await.unwrap().display_name,
+        "Countess of Lovelace"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +141,11 @@ async fn the_same_request_id_sent_concurrently_creates_one_customer() {
 
     let first = responses[0].as_ref().unwrap();
     for response in &responses {
-        assert_eq!(response.as_ref().unwrap(), first, "every retry gets the same response");
+        assert_eq!(
+            response.as_ref().unwrap(),
+            first,
+            "every retry gets the same response"
+        );
     }
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM customer.customers")
         .fetch_one(&app.pool().await)
@@ -145,10 +159,23 @@ async fn a_request_id_reused_for_another_request_is_rejected() {
     let app = spawn_app().await;
     let client = app.client().await;
     let request_id = uuid::Uuid::now_v7().to_string();
-    let create = |customer| pb::CreateCustomerRequest { customer: Some(customer), request_id: request_id.clone() };
-    client.inner.clone().create_customer(client.request(create(ada()))).await.unwrap();
+    let create = |customer| pb::CreateCustomerRequest {
+        customer: Some(customer),
+        request_id: request_id.clone(),
+    };
+    client
+        .inner
+        .clone()
+        .create_customer(client.request(create(ada())))
+        .await
+        .unwrap();
 
-    let status = client.inner.clone().create_customer(client.request(create(ada()))).await.unwrap_err();
+    let status = client
+        .inner
+        .clone()
+        .create_customer(client.request(create(ada())))
+        .await
+        .unwrap_err();
 
     assert_eq!(status.code(), Code::AlreadyExists);
 }
@@ -166,7 +193,11 @@ async fn pages_stay_stable_while_customers_are_inserted() {
     let mut token = String::new();
     loop {
         let page = client
-            .list(pb::ListCustomersRequest { page_size: 3, page_token: token.clone(), ..Default::default() })
+            .list(pb::ListCustomersRequest {
+                page_size: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap();
         seen.extend(page.customers.into_iter().map(|c| c.id));
@@ -189,7 +220,12 @@ async fn list_filters_by_fields_tags_and_attributes() {
     let client = app.client().await;
     let mut vip = ada();
     vip.lifecycle_stage = pb::LifecycleStage::Customer as i32;
-    vip.attributes.insert("seats".into(), pb::AttributeValue { kind: Some(pb::attribute_value::Kind::IntValue(40)) });
+    vip.attributes.insert(
+        "seats".into(),
+        pb::AttributeValue {
+            kind: Some(pb::attribute_value::Kind::IntValue(40)),
+        },
+    );
     let vip = client.create(vip).await.unwrap();
     let mut other = ada();
     other.tags.clear();
@@ -203,7 +239,10 @@ async fn list_filters_by_fields_tags_and_attributes() {
         .await
         .unwrap();
 
-    assert_eq!(page.customers.iter().map(|c| &c.id).collect::<Vec<_>>(), [&vip.id]);
+    assert_eq!(
+        page.customers.iter().map(|c| &c.id).collect::<Vec<_>>(),
+        [&vip.id]
+    );
 }
 
 #[tokio::test]
@@ -212,17 +251,27 @@ async fn a_filter_syntax_error_points_at_its_position() {
     let client = app.client().await;
 
     let status = client
-        .list(pb::ListCustomersRequest { filter: "display_name = ".into(), ..Default::default() })
+        .list(pb::ListCustomersRequest {
+            filter: "display_name = ".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     let unknown = client
-        .list(pb::ListCustomersRequest { filter: "shoe_size = 9".into(), ..Default::default() })
+        .list(pb::ListCustomersRequest {
+            filter: "shoe_size = 9".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
 
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["filter"]);
-    assert!(status.message().contains("position"), "{}", status.message());
+    assert!(
+        status.message().contains("position"),
+        "{}",
+        status.message()
+    );
     assert_eq!(unknown.code(), Code::InvalidArgument);
 }
 
@@ -233,7 +282,13 @@ async fn a_page_token_from_another_query_is_rejected() {
     for _ in 0..3 {
         client.create(ada()).await.unwrap();
     }
-    let page = client.list(pb::ListCustomersRequest { page_size: 1, ..Default::default() }).await.unwrap();
+    let page = client
+        .list(pb::ListCustomersRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 
     let status = client
         .list(pb::ListCustomersRequest {
@@ -260,7 +315,10 @@ async fn search_finds_customers_by_name_prefix_and_email() {
     let response = client
         .inner
         .clone()
-        .search_customers(client.request(pb::SearchCustomersRequest { query: "hopp".into(), ..Default::default() }))
+        .search_customers(client.request(pb::SearchCustomersRequest {
+            query: "hopp".into(),
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -308,13 +366,20 @@ async fn erase_removes_personal_data_but_keeps_a_tombstone() {
     client
         .inner
         .clone()
-        .erase_customer(client.request(pb::EraseCustomerRequest { id: created.id.clone(), reason: "ticket 42".into() }))
+        .erase_customer(client.request(pb::EraseCustomerRequest {
+            id: created.id.clone(),
+            reason: "ticket 42".into(),
+        }))
         .await
         .unwrap();
 
     let tombstone = client.get(&created.id).await.unwrap();
     assert_eq!(tombstone.state, pb::CustomerState::Erased as i32);
-    assert!(tombstone.display_name.is_empty() && tombstone.email.is_empty() && tombstone.phone.is_empty());
+    assert!(
+        tombstone.display_name.is_empty()
+            && tombstone.email.is_empty()
+            && tombstone.phone.is_empty()
+    );
     let pool = app.pool().await;
     let leftovers: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM customer.customers WHERE email = $1 OR search_text LIKE '%lovelace%'",
@@ -323,10 +388,11 @@ async fn erase_removes_personal_data_but_keeps_a_tombstone() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    let snapshots: i64 = sqlx::query_scalar("SELECT count(*) FROM customer.changes WHERE snapshot IS NOT NULL")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let snapshots: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM customer.changes WHERE snapshot IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!((leftovers, snapshots), (0, 0));
 }
 
@@ -336,10 +402,36 @@ async fn soft_delete_hides_from_list_and_undelete_restores() {
     let client = app.client().await;
     let created = client.create(ada()).await.unwrap();
 
-    client.inner.clone().delete_customer(client.request(pb::DeleteCustomerRequest { id: created.id.clone(), etag: String::new() })).await.unwrap();
-    let hidden = client.list(Default::default()).await.unwrap().customers.len();
-    client.inner.clone().undelete_customer(client.request(pb::UndeleteCustomerRequest { id: created.id.clone(), etag: String::new() })).await.unwrap();
-    let shown = client.list(Default::default()).await.unwrap().customers.len();
+    client
+        .inner
+        .clone()
+        .delete_customer(client.request(pb::DeleteCustomerRequest {
+            id: created.id.clone(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap();
+    let hidden = client
+        .list(Default::default())
+        .await
+        .unwrap()
+        .customers
+        .len();
+    client
+        .inner
+        .clone()
+        .undelete_customer(client.request(pb::UndeleteCustomerRequest {
+            id: created.id.clone(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap();
+    let shown = client
+        .list(Default::default())
+        .await
+        .unwrap()
+        .customers
+        .len();
 
     assert_eq!((hidden, shown), (0, 1));
 }
@@ -351,9 +443,21 @@ async fn import_reports_each_row_and_skips_bad_ones() {
     let mut bad = ada();
     bad.email = "broken".into();
     let rows = vec![
-        pb::ImportCustomersRequest { row_ref: "1".into(), customer: Some(ada()), request_id: String::new() },
-        pb::ImportCustomersRequest { row_ref: "2".into(), customer: Some(bad), request_id: String::new() },
-        pb::ImportCustomersRequest { row_ref: "3".into(), customer: Some(ada()), request_id: String::new() },
+        pb::ImportCustomersRequest {
+            row_ref: "1".into(),
+            customer: Some(ada()),
+            request_id: String::new(),
+        },
+        pb::ImportCustomersRequest {
+            row_ref: "2".into(),
+            customer: Some(bad),
+            request_id: String::new(),
+        },
+        pb::ImportCustomersRequest {
+            row_ref: "3".into(),
+            customer: Some(ada()),
+            request_id: String::new(),
+        },
     ];
 
     let results: Vec<pb::ImportCustomersResponse> = client
@@ -367,7 +471,10 @@ async fn import_reports_each_row_and_skips_bad_ones() {
         .collect()
         .await;
 
-    let outcomes: Vec<_> = results.iter().map(|r| (r.row_ref.as_str(), r.outcome)).collect();
+    let outcomes: Vec<_> = results
+        .iter()
+        .map(|r| (r.row_ref.as_str(), r.outcome))
+        .collect();
     assert_eq!(
         outcomes,
         [
@@ -376,7 +483,11 @@ async fn import_reports_each_row_and_skips_bad_ones() {
             ("3", pb::ImportRowOutcome::Created as i32)
         ]
     );
-    assert!(results[1].errors[0].contains("customer.email"), "{:?}", results[1].errors);
+    assert!(
+        results[1].errors[0].contains("customer.email"),
+        "{:?}",
+        results[1].errors
+    );
 }
 
 #[tokio::test]
@@ -409,7 +520,11 @@ async fn the_change_feed_resumes_after_a_token_without_gaps() {
         .await
         .unwrap()
         .into_inner();
-    let next = tokio::time::timeout(Duration::from_secs(5), resumed.next()).await.unwrap().unwrap().unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), resumed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 
     assert_eq!(next.event.unwrap().customer_id, second.id);
 }

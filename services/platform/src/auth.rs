@@ -131,7 +131,11 @@ impl AuthPolicy {
             .claims;
         let principal = Principal {
             subject: claims.sub,
-            scopes: claims.scope.split_whitespace().map(str::to_string).collect(),
+            scopes: claims
+                .scope
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
         };
         if let Some(required) = self.scopes.get(path)
             && !principal.scopes.contains(*required)
@@ -187,13 +191,25 @@ mod tests {
     }
 
     fn bearer(scopes: &[&str], valid_for: Duration) -> String {
-        let token = mint_token(SECRET, "crm-suite", "crm-suite", "tester", scopes, valid_for);
+        let token = mint_token(
+            SECRET,
+            "crm-suite",
+            "crm-suite",
+            "tester",
+            scopes,
+            valid_for,
+        );
         format!("Bearer {token}")
     }
 
     #[test]
     fn health_needs_no_token() {
-        assert_eq!(policy().authorize("/grpc.health.v1.Health/Check", None).unwrap(), None);
+        assert_eq!(
+            policy()
+                .authorize("/grpc.health.v1.Health/Check", None)
+                .unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -219,7 +235,10 @@ mod tests {
 
     #[test]
     fn an_expired_token_is_unauthenticated() {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let claims = Claims {
             sub: "tester".into(),
             iss: "crm-suite".into(),
@@ -234,7 +253,9 @@ mod tests {
             &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap();
-        let err = policy().authorize(PATH, Some(&format!("Bearer {token}"))).unwrap_err();
+        let err = policy()
+            .authorize(PATH, Some(&format!("Bearer {token}")))
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         assert!(err.message().contains("expired"));
     }
@@ -249,7 +270,9 @@ mod tests {
             &["customer.read"],
             Duration::from_secs(60),
         );
-        let err = policy().authorize(PATH, Some(&format!("Bearer {token}"))).unwrap_err();
+        let err = policy()
+            .authorize(PATH, Some(&format!("Bearer {token}")))
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
     }
 }

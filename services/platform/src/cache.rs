@@ -163,8 +163,7 @@ impl RedisTier {
             Ok(Err(err)) => {
                 count("redis", "error");
                 tracing::warn!(error = %err, "Redis command failed; serving from PostgreSQL");
-                if err.is_connection_dropped() || err.is_io_error() || err.is_connection_refusal()
-                {
+                if err.is_connection_dropped() || err.is_io_error() || err.is_connection_refusal() {
                     *self.connection.lock().await = None;
                 }
                 None

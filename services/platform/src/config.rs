@@ -235,9 +235,7 @@ impl Config {
                 .try_parsing(true)
                 .source(Some(crm_env)),
         );
-        let merged = builder
-            .build()
-            .map_err(|e| ConfigError(e.to_string()))?;
+        let merged = builder.build().map_err(|e| ConfigError(e.to_string()))?;
         let config: Config = merged
             .try_deserialize()
             .map_err(|e| ConfigError(e.to_string()))?;
@@ -264,24 +262,42 @@ impl Config {
             ));
         }
         if self.database.max_connections == 0 {
-            return Err(ConfigError::key("database.max_connections", "must be at least 1"));
+            return Err(ConfigError::key(
+                "database.max_connections",
+                "must be at least 1",
+            ));
         }
         if self.server.concurrency_limit == 0 {
-            return Err(ConfigError::key("server.concurrency_limit", "must be at least 1"));
+            return Err(ConfigError::key(
+                "server.concurrency_limit",
+                "must be at least 1",
+            ));
         }
         if self.server.default_timeout_ms == 0 {
-            return Err(ConfigError::key("server.default_timeout_ms", "must be at least 1"));
+            return Err(ConfigError::key(
+                "server.default_timeout_ms",
+                "must be at least 1",
+            ));
         }
         if self.cache.ttl_jitter_pct > 50 {
-            return Err(ConfigError::key("cache.ttl_jitter_pct", "must be at most 50"));
+            return Err(ConfigError::key(
+                "cache.ttl_jitter_pct",
+                "must be at most 50",
+            ));
         }
         if let Some(secret) = &self.auth.jwt_secret
             && secret.expose_secret().len() < 32
         {
-            return Err(ConfigError::key("auth.jwt_secret", "must be at least 32 bytes"));
+            return Err(ConfigError::key(
+                "auth.jwt_secret",
+                "must be at least 32 bytes",
+            ));
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
-            return Err(ConfigError::key("telemetry.sample_ratio", "must be within 0.0..=1.0"));
+            return Err(ConfigError::key(
+                "telemetry.sample_ratio",
+                "must be within 0.0..=1.0",
+            ));
         }
         if let Some(addr) = self.metrics_addr()
             && addr.is_err()
@@ -341,7 +357,10 @@ mod tests {
         let config = Config::load_from(None, env(&[])).unwrap();
         assert_eq!(config.server.listen_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(config.database.max_connections, 10);
-        assert!(config.jwt_secret().1, "no secret configured means the dev secret");
+        assert!(
+            config.jwt_secret().1,
+            "no secret configured means the dev secret"
+        );
     }
 
     #[test]
@@ -368,13 +387,15 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(config.database.url.expose_secret(), "postgres://a@h/specific");
+        assert_eq!(
+            config.database.url.expose_secret(),
+            "postgres://a@h/specific"
+        );
     }
 
     #[test]
     fn conventional_redis_url_is_honoured() {
-        let config =
-            Config::load_from(None, env(&[("REDIS_URL", "redis://cache:6380")])).unwrap();
+        let config = Config::load_from(None, env(&[("REDIS_URL", "redis://cache:6380")])).unwrap();
         assert_eq!(config.redis.url.expose_secret(), "redis://cache:6380");
     }
 
@@ -382,13 +403,16 @@ mod tests {
     fn a_bad_number_names_its_key() {
         let err = Config::load_from(None, env(&[("CRM__SERVER__CONCURRENCY_LIMIT", "lots")]))
             .unwrap_err();
-        assert!(err.to_string().contains("server.concurrency_limit"), "{err}");
+        assert!(
+            err.to_string().contains("server.concurrency_limit"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_bad_listen_addr_names_its_key() {
-        let err = Config::load_from(None, env(&[("CRM__SERVER__LISTEN_ADDR", "nowhere")]))
-            .unwrap_err();
+        let err =
+            Config::load_from(None, env(&[("CRM__SERVER__LISTEN_ADDR", "nowhere")])).unwrap_err();
         assert!(err.to_string().contains("listen_addr"), "{err}");
     }
 

@@ -234,11 +234,7 @@ impl From<ApiError> for Status {
                 for v in violations.iter() {
                     details.add_bad_request_violation(&v.field, &v.description);
                 }
-                Status::with_error_details(
-                    code,
-                    format!("invalid argument: {violations}"),
-                    details,
-                )
+                Status::with_error_details(code, format!("invalid argument: {violations}"), details)
             }
             ApiError::NotFound { resource, id } => Status::with_error_details(
                 code,
@@ -255,7 +251,10 @@ impl From<ApiError> for Status {
                 Status::with_error_details(code, message, error_info(reason, HashMap::new()))
             }
             ApiError::Unavailable(cause) => {
-                tracing::warn!(error = format!("{cause:#}"), "call failed: dependency unavailable");
+                tracing::warn!(
+                    error = format!("{cause:#}"),
+                    "call failed: dependency unavailable"
+                );
                 let mut details = error_info("DEPENDENCY_UNAVAILABLE", HashMap::new());
                 details.set_retry_info(Some(RETRY_AFTER));
                 Status::with_error_details(
@@ -304,9 +303,7 @@ pub fn classify_db_error(err: &sqlx::Error) -> DbFailure {
                 // Class 08: connection exceptions; 57P0x: admin shutdown, crash shutdown, cannot
                 // connect now; 53300: too many connections.
                 Some(code)
-                    if code.starts_with("08")
-                        || code.starts_with("57P0")
-                        || code == "53300" =>
+                    if code.starts_with("08") || code.starts_with("57P0") || code == "53300" =>
                 {
                     DbFailure::Unavailable
                 }
@@ -352,7 +349,9 @@ mod tests {
         let status = Status::from(ApiError::InvalidArgument(violations));
 
         assert_eq!(status.code(), Code::InvalidArgument);
-        let bad_request = status.get_details_bad_request().expect("BadRequest details");
+        let bad_request = status
+            .get_details_bad_request()
+            .expect("BadRequest details");
         let fields: Vec<_> = bad_request
             .field_violations
             .iter()
@@ -368,7 +367,11 @@ mod tests {
         )));
 
         assert_eq!(status.code(), Code::Internal);
-        assert!(!status.message().contains("relation"), "{}", status.message());
+        assert!(
+            !status.message().contains("relation"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]
@@ -376,7 +379,10 @@ mod tests {
         let status = Status::from(ApiError::Unavailable(anyhow::anyhow!("connection refused")));
 
         assert_eq!(status.code(), Code::Unavailable);
-        assert_eq!(status.get_error_details().retry_info().unwrap().retry_delay, Some(RETRY_AFTER));
+        assert_eq!(
+            status.get_error_details().retry_info().unwrap().retry_delay,
+            Some(RETRY_AFTER)
+        );
         assert!(!status.message().contains("refused"));
     }
 

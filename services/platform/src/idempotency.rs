@@ -55,7 +55,10 @@ pub fn validate_request_id(field: &str, request_id: &str) -> Result<(), ApiError
         ));
     }
     if request_id.chars().any(char::is_control) {
-        return Err(ApiError::invalid(field, "must not contain control characters"));
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -97,9 +100,7 @@ pub async fn claim(
     if stored_hash != hash {
         return Err(ApiError::AlreadyExists {
             reason: "REQUEST_ID_REUSED",
-            message: format!(
-                "request_id {request_id:?} was already used with a different request"
-            ),
+            message: format!("request_id {request_id:?} was already used with a different request"),
         });
     }
     match response {

@@ -391,7 +391,10 @@ mod tests {
     fn paths_split_into_service_and_method() {
         assert_eq!(
             split_path("/crm.customer.v1.CustomerService/GetCustomer"),
-            ("crm.customer.v1.CustomerService".into(), "GetCustomer".into())
+            (
+                "crm.customer.v1.CustomerService".into(),
+                "GetCustomer".into()
+            )
         );
     }
 

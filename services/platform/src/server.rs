@@ -207,7 +207,9 @@ async fn watch_readiness(
                     .set_service_status(*name, ServingStatus::NotServing)
                     .await;
             }
-            health.set_service_status("", ServingStatus::NotServing).await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
             return;
         }
         let mut all_ready = true;
@@ -215,7 +217,11 @@ async fn watch_readiness(
             if !migrated[i] {
                 match database.migrate().await {
                     Ok(()) => migrated[i] = true,
-                    Err(err) => tracing::warn!(service = name, error = format!("{err:#}"), "migration on start failed; retrying"),
+                    Err(err) => tracing::warn!(
+                        service = name,
+                        error = format!("{err:#}"),
+                        "migration on start failed; retrying"
+                    ),
                 }
             }
             let ready = match database.is_ready().await {

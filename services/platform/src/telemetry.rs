@@ -71,7 +71,12 @@ pub fn init(config: &Config) -> anyhow::Result<TelemetryGuard> {
     };
 
     let mut tracer_provider = None;
-    let otel_layer = match config.telemetry.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+    let otel_layer = match config
+        .telemetry
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.is_empty())
+    {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()

@@ -100,10 +100,10 @@ spec:
           env:
             {{- include "crm.lib.env" . | nindent 12 }}
           startupProbe:
-            grpc: {port: {{ int $values.ports.grpc }}, service: ""}
+            {{- include "crm.lib.livenessCheck" $root | nindent 12 }}
             {{- toYaml $values.probes.startup | nindent 12 }}
           livenessProbe:
-            grpc: {port: {{ int $values.ports.grpc }}, service: ""}
+            {{- include "crm.lib.livenessCheck" $root | nindent 12 }}
             {{- toYaml $values.probes.liveness | nindent 12 }}
           readinessProbe:
             grpc: {port: {{ int $values.ports.grpc }}, service: {{ .grpcName | quote }}}
@@ -158,7 +158,7 @@ An extraEnv entry replaces the chart's variable of the same name (no duplicate n
   (dict "name" "REDIS_URL" "valueFrom" (dict "secretKeyRef" (dict "name" $values.secrets.redis.existingSecret "key" $values.secrets.redis.key)))
   (dict "name" "CRM__AUTH__JWT_SECRET" "valueFrom" (dict "secretKeyRef" (dict "name" $values.secrets.jwt.existingSecret "key" $values.secrets.jwt.key)))
 -}}
-{{- range $callee := .calls -}}
+{{- range $callee := ternary .calls (list) $values.clients.setEndpoints -}}
 {{- $env = append $env (dict "name" (printf "CRM__CLIENTS__%s__ENDPOINT" (upper $callee)) "value" (include "crm.lib.endpoint" (dict "root" $root "name" $callee))) -}}
 {{- end -}}
 {{- $extra := .v.extraEnv | default list -}}
@@ -167,6 +167,15 @@ An extraEnv entry replaces the chart's variable of the same name (no duplicate n
 {{- $out := list -}}
 {{- range $e := $env }}{{ if not (has $e.name $overridden) }}{{ $out = append $out $e }}{{ end }}{{ end -}}
 {{- toYaml (concat $out $extra) -}}
+{{- end -}}
+
+{{/* Startup/liveness check: gRPC health on probes.livenessGrpcService, else TCP on the gRPC port. */}}
+{{- define "crm.lib.livenessCheck" -}}
+{{- if kindIs "string" .Values.probes.livenessGrpcService -}}
+grpc: {port: {{ int .Values.ports.grpc }}, service: {{ .Values.probes.livenessGrpcService | quote }}}
+{{- else -}}
+tcpSocket: {port: grpc}
+{{- end -}}
 {{- end -}}
 
 {{/* "[::]" stays bracketed, "0.0.0.0" as is. */}}

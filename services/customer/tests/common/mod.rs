@@ -29,19 +29,23 @@ pub fn redis_url() -> String {
 }
 
 fn with_database(url: &str, database: &str) -> String {
-    let (base, _) = url.rsplit_once('/').expect("DATABASE_URL has a database path");
+    let (base, _) = url
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database path");
     format!("{base}/{database}")
 }
 
 /// Creates a fresh, empty database and returns its URL.
 pub async fn fresh_database() -> String {
     let name = format!("crm_test_{}", Uuid::now_v7().simple());
-    let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap_or_else(|e| {
-        panic!(
-            "these tests need PostgreSQL at {} (set DATABASE_URL, or run scripts/test): {e}",
-            admin_url()
-        )
-    });
+    let admin = sqlx::PgPool::connect(&admin_url())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "these tests need PostgreSQL at {} (set DATABASE_URL, or run scripts/test): {e}",
+                admin_url()
+            )
+        });
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&admin)
         .await
@@ -56,7 +60,10 @@ pub fn config(database_url: &str, redis_url: &str, extra: &[(&str, &str)]) -> Co
         ("CRM__REDIS__URL".to_string(), redis_url.to_string()),
         ("CRM__TELEMETRY__METRICS_ADDR".to_string(), String::new()),
         ("CRM__AUTH__JWT_SECRET".to_string(), JWT_SECRET.to_string()),
-        ("CRM__DATABASE__ACQUIRE_TIMEOUT_MS".to_string(), "1000".to_string()),
+        (
+            "CRM__DATABASE__ACQUIRE_TIMEOUT_MS".to_string(),
+            "1000".to_string(),
+        ),
     ];
     for (k, v) in extra {
         env.push((k.to_string(), v.to_string()));
@@ -106,7 +113,9 @@ impl TestApp {
     }
 
     pub async fn pool(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.database_url).await.expect("test database")
+        sqlx::PgPool::connect(&self.database_url)
+            .await
+            .expect("test database")
     }
 }
 
@@ -120,7 +129,10 @@ impl Drop for TestApp {
 pub async fn spawn_with(config: Config) -> TestApp {
     let config = Arc::new(config);
     let database = crm_customer::database(&config).expect("database handle");
-    database.migrate().await.expect("migrating the test database");
+    database
+        .migrate()
+        .await
+        .expect("migrating the test database");
     let shutdown = CancellationToken::new();
     let ctx = ServiceContext::new(config.clone(), shutdown.clone());
     let module = crm_customer::module(&ctx).expect("building the service");
@@ -155,25 +167,39 @@ pub async fn assert_redis_reachable(url: &str) {
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|e| panic!("these tests need Redis at {url} (set REDIS_URL, or run scripts/test): {e}"));
-    let _: String = redis::cmd("PING").query_async(&mut conn).await.expect("Redis PING");
+        .unwrap_or_else(|e| {
+            panic!("these tests need Redis at {url} (set REDIS_URL, or run scripts/test): {e}")
+        });
+    let _: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .expect("Redis PING");
 }
 
 /// Waits until the health check says SERVING (database reachable and migrated).
 pub async fn wait_serving(addr: SocketAddr) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
             if let Ok(response) = health
-                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
                 && response.into_inner().status == 1
             {
                 return;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "server at {addr} never became SERVING");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server at {addr} never became SERVING"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -189,10 +215,9 @@ impl Client {
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(token) = &self.token {
-            request.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {token}").parse().unwrap(),
-            );
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
         request
     }
@@ -202,25 +227,60 @@ impl Client {
             customer: Some(customer),
             request_id: String::new(),
         });
-        Ok(self.inner.clone().create_customer(request).await?.into_inner().customer.unwrap())
+        Ok(self
+            .inner
+            .clone()
+            .create_customer(request)
+            .await?
+            .into_inner()
+            .customer
+            .unwrap())
     }
 
     pub async fn get(&self, id: &str) -> Result<pb::Customer, tonic::Status> {
         let request = self.request(pb::GetCustomerRequest { id: id.into() });
-        Ok(self.inner.clone().get_customer(request).await?.into_inner().customer.unwrap())
+        Ok(self
+            .inner
+            .clone()
+            .get_customer(request)
+            .await?
+            .into_inner()
+            .customer
+            .unwrap())
     }
 
-    pub async fn list(&self, req: pb::ListCustomersRequest) -> Result<pb::ListCustomersResponse, tonic::Status> {
+    pub async fn list(
+        &self,
+        req: pb::ListCustomersRequest,
+    ) -> Result<pb::ListCustomersResponse, tonic::Status> {
         let request = self.request(req);
-        Ok(self.inner.clone().list_customers(request).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .list_customers(request)
+            .await?
+            .into_inner())
     }
 
-    pub async fn update(&self, customer: pb::Customer, paths: &[&str]) -> Result<pb::Customer, tonic::Status> {
+    pub async fn update(
+        &self,
+        customer: pb::Customer,
+        paths: &[&str],
+    ) -> Result<pb::Customer, tonic::Status> {
         let request = self.request(pb::UpdateCustomerRequest {
             customer: Some(customer),
-            update_mask: Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
         });
-        Ok(self.inner.clone().update_customer(request).await?.into_inner().customer.unwrap())
+        Ok(self
+            .inner
+            .clone()
+            .update_customer(request)
+            .await?
+            .into_inner()
+            .customer
+            .unwrap())
     }
 }
 
@@ -242,4 +302,94 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .get_details_bad_request()
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut and restore, to play an outage.
+pub struct Outage {
+    pub addr: SocketAddr,
+    target: SocketAddr,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Outage {
+    pub async fn start(target: SocketAddr) -> Arc<Self> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        drop(socket);
+        let proxy = Arc::new(Self {
+            addr,
+            target,
+            task: std::sync::Mutex::new(None),
+        });
+        proxy.restore();
+        proxy
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(self.addr).expect("rebinding the proxy port");
+        let listener = socket.listen(64).unwrap();
+        let target = self.target;
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        if let Some(task) = self.task.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+}
+
+/// The host:port of the admin URL, for the proxy to forward to.
+pub fn postgres_addr() -> SocketAddr {
+    let url = admin_url();
+    let after_at = url.rsplit_once('@').map(|(_, rest)| rest).unwrap_or(&url);
+    let host_port = after_at.split('/').next().unwrap();
+    let host_port = if host_port.contains(':') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:5432")
+    };
+    let host_port = host_port.replace("localhost", "127.0.0.1");
+    host_port
+        .parse()
+        .expect("DATABASE_URL host must be an IP:port for the outage tests")
+}
+
+/// Replaces host:port of a database URL.
+pub fn via(url: &str, addr: SocketAddr) -> String {
+    let (scheme_user, rest) = url.rsplit_once('@').expect("DATABASE_URL with user@host");
+    let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+    format!("{scheme_user}@{addr}/{path}")
+}
+
+pub async fn health_of(addr: SocketAddr) -> i32 {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "crm.customer.v1.CustomerService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
 }
