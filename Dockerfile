@@ -7,8 +7,8 @@
 #
 # Layers: cargo-chef compiles the dependency graph from a recipe (Cargo.toml + Cargo.lock only),
 # so editing the workspace's own code reuses that layer and rebuilds only the workspace crates.
-# No protoc (protos compile through protox) and no database (SQLX_OFFLINE=true reads the committed
-# .sqlx query metadata) are needed.
+# No protoc (protos compile through protox) and no database are needed: the services use no
+# compile-time-checked query macros (SQLX_OFFLINE=true keeps it that way if one is added).
 
 ARG RUST_VERSION=1.95
 # Pin by digest in CI (e.g. gcr.io/distroless/cc-debian12:nonroot@sha256:...) for reproducible images.

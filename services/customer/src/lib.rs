@@ -90,3 +90,33 @@ pub fn module(ctx: &ServiceContext) -> anyhow::Result<ServiceModule> {
         }),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    #[test]
+    fn every_method_of_the_contract_has_a_scope() {
+        let descriptors =
+            prost_types::FileDescriptorSet::decode(crm_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let methods: Vec<String> = descriptors
+            .file
+            .iter()
+            .filter(|f| f.package() == "crm.customer.v1")
+            .flat_map(|f| f.service.iter())
+            .flat_map(|s| {
+                s.method
+                    .iter()
+                    .map(move |m| format!("/{}/{}", super::GRPC_SERVICE, m.name()))
+            })
+            .collect();
+
+        assert_eq!(methods.len(), super::SCOPES.len());
+        for method in methods {
+            assert!(
+                super::SCOPES.iter().any(|(path, _)| *path == method),
+                "{method} has no scope"
+            );
+        }
+    }
+}

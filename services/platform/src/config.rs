@@ -34,6 +34,26 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logs, traces and metrics.
     pub telemetry: TelemetryConfig,
+    /// Where this process reaches the other services, by service name (`clients.<service>`).
+    #[serde(default)]
+    pub clients: std::collections::BTreeMap<String, ClientConfig>,
+}
+
+/// `clients.<service>.*`: how to call another CRM Suite service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// `clients.<service>.endpoint`: the service's gRPC address, e.g.
+    /// `http://crm-customer-headless:50051` (a headless Service name, so the client balances over
+    /// every pod it resolves).
+    pub endpoint: String,
+    /// `clients.<service>.timeout_ms`: deadline of each call. Default 2000.
+    #[serde(default = "default_client_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_client_timeout_ms() -> u64 {
+    2000
 }
 
 /// `server.*`
@@ -293,6 +313,15 @@ impl Config {
                 "must be at least 32 bytes",
             ));
         }
+        for (service, client) in &self.clients {
+            if !(client.endpoint.starts_with("http://") || client.endpoint.starts_with("https://"))
+            {
+                return Err(ConfigError::key(
+                    &format!("clients.{service}.endpoint"),
+                    "must start with http:// or https://",
+                ));
+            }
+        }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return Err(ConfigError::key(
                 "telemetry.sample_ratio",
@@ -397,6 +426,23 @@ mod tests {
     fn conventional_redis_url_is_honoured() {
         let config = Config::load_from(None, env(&[("REDIS_URL", "redis://cache:6380")])).unwrap();
         assert_eq!(config.redis.url.expose_secret(), "redis://cache:6380");
+    }
+
+    #[test]
+    fn client_endpoints_come_from_the_environment() {
+        let config = Config::load_from(
+            None,
+            env(&[(
+                "CRM__CLIENTS__CUSTOMER__ENDPOINT",
+                "http://crm-customer-headless:50051",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.clients["customer"].endpoint,
+            "http://crm-customer-headless:50051"
+        );
+        assert_eq!(config.clients["customer"].timeout_ms, 2000);
     }
 
     #[test]

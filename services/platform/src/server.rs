@@ -244,6 +244,12 @@ async fn watch_readiness(
                 last[i] = Some(ready);
             }
             all_ready &= ready;
+            let pool = &database.pool;
+            let idle = pool.num_idle() as f64;
+            metrics::gauge!("crm_db_pool_connections", "service" => *name, "state" => "idle")
+                .set(idle);
+            metrics::gauge!("crm_db_pool_connections", "service" => *name, "state" => "in_use")
+                .set(pool.size() as f64 - idle);
         }
         if !shutdown.is_cancelled() {
             let overall = if all_ready {
