@@ -147,22 +147,12 @@ pub async fn find(conn: &mut PgConnection, id: Uuid, lock: bool) -> Result<Optio
     Ok(sqlx::query_as(&sql).bind(id).fetch_optional(conn).await?)
 }
 
-/// Inserts a new active customer.
-pub async fn insert(
-    conn: &mut PgConnection,
-    id: Uuid,
-    fields: &CustomerFields,
-    actor: &str,
-) -> Result<CustomerRow> {
-    let sql = format!(
-        "INSERT INTO customer.customers AS c (id, display_name, email, given_name, family_name, \
-           phone, company_name, lifecycle_stage, owner_id, source, tags, attributes, \
-           attribute_timestamps, contact_points, addresses, created_by, updated_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) \
-         RETURNING {CUSTOMER_COLUMNS}"
-    );
-    Ok(sqlx::query_as(&sql)
-        .bind(id)
+/// Binds the writable fields as parameters $2..=$15, in the column order insert and update use.
+fn bind_fields<'q>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, CustomerRow, sqlx::postgres::PgArguments>,
+    fields: &'q CustomerFields,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, CustomerRow, sqlx::postgres::PgArguments> {
+    query
         .bind(&fields.display_name)
         .bind(&fields.email)
         .bind(&fields.given_name)
@@ -177,6 +167,23 @@ pub async fn insert(
         .bind(&fields.attributes.timestamp_keys)
         .bind(Json(&fields.contact_points))
         .bind(Json(&fields.addresses))
+}
+
+/// Inserts a new active customer.
+pub async fn insert(
+    conn: &mut PgConnection,
+    id: Uuid,
+    fields: &CustomerFields,
+    actor: &str,
+) -> Result<CustomerRow> {
+    let sql = format!(
+        "INSERT INTO customer.customers AS c (id, display_name, email, given_name, family_name, \
+           phone, company_name, lifecycle_stage, owner_id, source, tags, attributes, \
+           attribute_timestamps, contact_points, addresses, created_by, updated_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) \
+         RETURNING {CUSTOMER_COLUMNS}"
+    );
+    Ok(bind_fields(sqlx::query_as(&sql).bind(id), fields)
         .bind(actor)
         .fetch_one(conn)
         .await?)
@@ -197,22 +204,7 @@ pub async fn update_fields(
            version = c.version + 1 \
          WHERE c.id = $1 RETURNING {CUSTOMER_COLUMNS}"
     );
-    Ok(sqlx::query_as(&sql)
-        .bind(id)
-        .bind(&fields.display_name)
-        .bind(&fields.email)
-        .bind(&fields.given_name)
-        .bind(&fields.family_name)
-        .bind(&fields.phone)
-        .bind(&fields.company_name)
-        .bind(fields.lifecycle_stage)
-        .bind(&fields.owner_id)
-        .bind(&fields.source)
-        .bind(&fields.tags)
-        .bind(Json(&fields.attributes.values))
-        .bind(&fields.attributes.timestamp_keys)
-        .bind(Json(&fields.contact_points))
-        .bind(Json(&fields.addresses))
+    Ok(bind_fields(sqlx::query_as(&sql).bind(id), fields)
         .bind(actor)
         .fetch_one(conn)
         .await?)
