@@ -127,15 +127,18 @@ impl CustomerApi {
         let db = self.db.clone();
         let entry = self
             .cache
-            .get_or_load(&self.cache_key(id), || async move {
-                let mut conn = db.acquire().await.map_err(ApiError::from)?;
-                match store::load(&mut conn, id).await {
-                    Ok(Some((version, customer))) => Ok(Entry {
-                        version,
-                        bytes: customer.encode_to_vec().into(),
-                    }),
-                    Ok(None) => Err(ApiError::not_found("customer", id.to_string())),
-                    Err(err) => Err(ApiError::from(err)),
+            .get_or_load(&self.cache_key(id), || {
+                let db = db.clone();
+                async move {
+                    let mut conn = db.acquire().await.map_err(ApiError::from)?;
+                    match store::load(&mut conn, id).await {
+                        Ok(Some((version, customer))) => Ok(Entry {
+                            version,
+                            bytes: customer.encode_to_vec().into(),
+                        }),
+                        Ok(None) => Err(ApiError::not_found("customer", id.to_string())),
+                        Err(err) => Err(ApiError::from(err)),
+                    }
                 }
             })
             .await?;

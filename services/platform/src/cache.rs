@@ -6,7 +6,13 @@
 //!   load.
 //! - After a commit the writer calls [`Cache::put`]: the new entry goes to its own tier and
 //!   Redis, and an invalidation (key, version) is published on Redis pub/sub so every other
-//!   instance drops older copies from its in-process tier.
+//!   instance drops older copies from its in-process tier. The writer then waits (bounded by
+//!   `redis.timeout_ms`) until every subscribed instance has acknowledged it, so once a write
+//!   has returned no instance serves the older copy. A pub/sub message alone is not enough: it
+//!   can still sit unread in another instance's socket when the caller's next read arrives there.
+//! - A load that raced with a write (it read the row before the write committed) is detected by
+//!   the announced version and done again, so its result never reaches a caller who came after
+//!   the write.
 //! - The in-process tier is used only while this instance's subscription is live. When it
 //!   drops, the tier is flushed and bypassed until the subscription is back (and flushed again
 //!   then), so a missed invalidation can never be served.
@@ -91,6 +97,8 @@ struct Inner {
     /// can take, so a load that raced with a write cannot leave an older entry behind.
     announced: moka::sync::Cache<String, i64>,
     local_live: AtomicBool,
+    /// Writes waiting for acknowledgements of their invalidation, by message token.
+    pending_acks: std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::watch::Sender<i64>>>,
     redis: Option<RedisTier>,
     ttl: Duration,
     jitter_pct: u8,
@@ -213,6 +221,7 @@ impl Cache {
                     .time_to_live(Duration::from_secs(60))
                     .build(),
                 local_live: AtomicBool::new(false),
+                pending_acks: std::sync::Mutex::new(std::collections::HashMap::new()),
                 redis: redis_tier,
                 ttl,
                 jitter_pct: cache.ttl_jitter_pct,
@@ -244,11 +253,11 @@ impl Cache {
     /// filling the tiers on the way back. Errors come only from `load`.
     pub async fn get_or_load<F, Fut>(&self, key: &str, load: F) -> Result<Entry, ApiError>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<Entry, ApiError>>,
     {
         let Some(local) = self.inner.local.as_ref().filter(|_| self.local_tier_live()) else {
-            return self.load_through_redis(key, load).await;
+            return self.load_through_redis(key, &load).await;
         };
         if let Some(entry) = local.get(key).await {
             count("local", "hit");
@@ -257,16 +266,16 @@ impl Cache {
         count("local", "miss");
         // moka coalesces concurrent loads of one key into one; the others wait for it.
         let loaded = local
-            .try_get_with_by_ref(key, self.load_through_redis(key, load))
+            .try_get_with_by_ref(key, self.load_through_redis(key, &load))
             .await;
         match loaded {
-            Ok(entry) => {
-                if self.announced_newer(key, entry.version) {
-                    // A write committed while this load was in flight: drop what was loaded.
-                    local.invalidate(key).await;
-                }
-                Ok(entry)
+            Ok(entry) if self.announced_newer(key, entry.version) => {
+                // A write committed while this load was in flight: drop what was loaded and read
+                // again, past the in-process tier.
+                local.invalidate(key).await;
+                self.load_through_redis(key, &load).await
             }
+            Ok(entry) => Ok(entry),
             Err(shared) => Err(ApiError::from_shared(shared)),
         }
     }
@@ -278,9 +287,9 @@ impl Cache {
             .is_some_and(|announced| announced > version)
     }
 
-    async fn load_through_redis<F, Fut, E>(&self, key: &str, load: F) -> Result<Entry, E>
+    async fn load_through_redis<F, Fut, E>(&self, key: &str, load: &F) -> Result<Entry, E>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<Entry, E>>,
     {
         if let Some(redis) = &self.inner.redis {
@@ -334,13 +343,43 @@ impl Cache {
             local.insert(key.to_string(), entry.clone()).await;
         }
         self.store_in_redis(key, &entry).await;
-        if let Some(redis) = &self.inner.redis {
-            let message = format!("{}:{key}", entry.version);
-            let channel = redis.channel.clone();
-            redis
-                .run(|mut conn| async move { conn.publish::<_, _, i64>(channel, message).await })
-                .await;
+        let Some(redis) = &self.inner.redis else {
+            return;
+        };
+        let token: u64 = rand::rng().random();
+        let (acks_tx, mut acks) = tokio::sync::watch::channel(0i64);
+        self.pending_acks().insert(token, acks_tx);
+        let message = format!("inv:{token}:{}:{key}", entry.version);
+        let channel = redis.channel.clone();
+        let receivers = redis
+            .run(|mut conn| async move { conn.publish::<_, _, i64>(channel, message).await })
+            .await;
+        if let Some(receivers) = receivers.filter(|n| *n > 0) {
+            let all_acked = acks.wait_for(|acked| *acked >= receivers);
+            if tokio::time::timeout(redis.timeout, all_acked)
+                .await
+                .is_err()
+            {
+                metrics::counter!("crm_cache_invalidation_timeouts_total").increment(1);
+                tracing::warn!(
+                    key,
+                    receivers,
+                    acked = *acks.borrow(),
+                    "not every instance acknowledged a cache invalidation in time"
+                );
+            }
         }
+        self.pending_acks().remove(&token);
+    }
+
+    fn pending_acks(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, tokio::sync::watch::Sender<i64>>>
+    {
+        self.inner
+            .pending_acks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn note_announced(&self, key: &str, version: i64) {
@@ -349,12 +388,25 @@ impl Cache {
         announced.insert(key.to_string(), newest);
     }
 
-    /// Applies an invalidation received from another instance.
-    async fn apply_invalidation(&self, message: &str) {
-        let Some((version, key)) = message
-            .split_once(':')
-            .and_then(|(v, k)| Some((v.parse::<i64>().ok()?, k)))
-        else {
+    /// Handles one message on the invalidation channel: `inv:<token>:<version>:<key>` (drop
+    /// older copies of `key`, then acknowledge) or `ack:<token>` (count an acknowledgement for
+    /// one of this instance's writes).
+    async fn handle_message(&self, message: &str) {
+        if let Some(token) = message.strip_prefix("ack:") {
+            if let Ok(token) = token.parse::<u64>()
+                && let Some(acks) = self.pending_acks().get(&token)
+            {
+                acks.send_modify(|n| *n += 1);
+            }
+            return;
+        }
+        let parsed = message.strip_prefix("inv:").and_then(|rest| {
+            let mut parts = rest.splitn(3, ':');
+            let token = parts.next()?.parse::<u64>().ok()?;
+            let version = parts.next()?.parse::<i64>().ok()?;
+            Some((token, version, parts.next()?))
+        });
+        let Some((token, version, key)) = parsed else {
             tracing::warn!(message, "ignoring a malformed cache invalidation");
             return;
         };
@@ -363,6 +415,13 @@ impl Cache {
             && local.get(key).await.is_some_and(|e| e.version < version)
         {
             local.invalidate(key).await;
+        }
+        if let Some(redis) = &self.inner.redis {
+            let channel = redis.channel.clone();
+            let ack = format!("ack:{token}");
+            redis
+                .run(|mut conn| async move { conn.publish::<_, _, i64>(channel, ack).await })
+                .await;
         }
     }
 
@@ -403,7 +462,7 @@ impl Cache {
                                 message = messages.next() => match message {
                                     Some(message) => {
                                         let payload: String = message.get_payload().unwrap_or_default();
-                                        cache.apply_invalidation(&payload).await;
+                                        cache.handle_message(&payload).await;
                                     }
                                     None => break,
                                 },
