@@ -256,7 +256,7 @@ async fn merge_history_lists_each_merge_into_the_survivor() {
         .merge_records;
 
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].merged_ids, [dup.id.clone()]);
+    assert_eq!(records[0].merged_ids, std::slice::from_ref(&dup.id));
     let merged = client.get(&dup.id).await.unwrap();
     assert_eq!(merged.id, survivor.id);
 }
