@@ -100,8 +100,9 @@ CREATE TABLE customer.merges (
 );
 CREATE INDEX merges_survivor_idx ON customer.merges (survivor_id, merge_time DESC);
 
--- The change feed. Writers append under a transaction-level advisory lock, so sequence numbers
--- become visible in order and a reader never skips an event committed late.
+-- The change feed. Sequence numbers are taken at insert time but become visible at commit, so a
+-- reader can see N+1 before N: it waits for the gap to fill and skips it only once it is older
+-- than any write transaction can be (a rolled-back insert leaves a permanent gap).
 CREATE TABLE customer.changes (
     seq            bigserial   PRIMARY KEY,
     customer_id    uuid        NOT NULL,

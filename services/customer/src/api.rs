@@ -89,6 +89,28 @@ struct ListCursor {
     id: Uuid,
 }
 
+/// How a search matches: by words (full text), or by similarity when no word matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum SearchMode {
+    FullText,
+    Similar,
+}
+
+/// Keyset position of a SearchCustomers page.
+#[derive(Serialize, Deserialize)]
+struct SearchCursor {
+    mode: SearchMode,
+    score: f64,
+    id: Uuid,
+}
+
+#[derive(sqlx::FromRow)]
+struct SearchHit {
+    #[sqlx(flatten)]
+    row: CustomerRow,
+    score: f64,
+}
+
 /// The customer service.
 #[derive(Clone)]
 pub struct CustomerApi {
@@ -424,40 +446,31 @@ impl CustomerApi {
         let limit = page_size(req.page_size, 20, 100)?;
         let sql_filter = self.parse_filter(&req.filter, &CUSTOMER_FILTER, 5)?;
         let fingerprint = query_fingerprint(&[&query, &req.filter]);
-        let cursor: Option<(f64, Uuid)> = self.decode_token(&req.page_token, fingerprint)?;
-        let sql = format!(
-            "SELECT * FROM ( \
-               SELECT {CUSTOMER_COLUMNS}, (ts_rank(c.search_vector, to_tsquery('simple', $1)) \
-                 + word_similarity($2, c.search_text))::float8 AS score \
-               FROM customer.customers c \
-               WHERE c.state = 'ACTIVE' \
-                 AND (c.search_vector @@ to_tsquery('simple', $1) OR $2 <% c.search_text) \
-                 AND {} \
-             ) c WHERE ($3::float8 IS NULL OR (c.score, c.id) < ($3, $4)) \
-             ORDER BY c.score DESC, c.id DESC LIMIT ${}",
-            sql_filter.sql,
-            sql_filter.params.len() + 5
-        );
-        #[derive(sqlx::FromRow)]
-        struct Hit {
-            #[sqlx(flatten)]
-            row: CustomerRow,
-            score: f64,
-        }
-        let query_builder = sqlx::query_as::<_, Hit>(&sql)
-            .bind(&tsquery)
-            .bind(&query)
-            .bind(cursor.map(|c| c.0))
-            .bind(cursor.map(|c| c.1).unwrap_or_default());
-        let mut hits = bind_filter_params(query_builder, &sql_filter.params)
-            .bind(limit as i64 + 1)
-            .fetch_all(&self.db)
+        let cursor: Option<SearchCursor> = self.decode_token(&req.page_token, fingerprint)?;
+        // Full-text matches (word prefixes, ranked) are the main path and use the GIN index on
+        // the tsvector. Only when nothing matches at all does the search fall back to trigram
+        // similarity, which tolerates typos but costs far more per candidate row.
+        let mut mode = cursor.as_ref().map_or(SearchMode::FullText, |c| c.mode);
+        let mut hits = self
+            .search_page(mode, &tsquery, &query, &sql_filter, cursor.as_ref(), limit)
             .await?;
+        if hits.is_empty() && cursor.is_none() && mode == SearchMode::FullText {
+            mode = SearchMode::Similar;
+            hits = self
+                .search_page(mode, &tsquery, &query, &sql_filter, None, limit)
+                .await?;
+        }
         let next_page_token = if hits.len() > limit as usize {
             hits.truncate(limit as usize);
             let last = hits.last().expect("a full page has a last row");
-            self.page_tokens
-                .encode(fingerprint, &(last.score, last.row.id))
+            self.page_tokens.encode(
+                fingerprint,
+                &SearchCursor {
+                    mode,
+                    score: last.score,
+                    id: last.row.id,
+                },
+            )
         } else {
             String::new()
         };
@@ -475,6 +488,44 @@ impl CustomerApi {
                 .collect(),
             next_page_token,
         })
+    }
+
+    /// One page of search hits (one more than `limit`, to know whether another page follows).
+    async fn search_page(
+        &self,
+        mode: SearchMode,
+        tsquery: &str,
+        query: &str,
+        sql_filter: &filter::SqlFilter,
+        cursor: Option<&SearchCursor>,
+        limit: u32,
+    ) -> Result<Vec<SearchHit>> {
+        let (score, matches) = match mode {
+            SearchMode::FullText => (
+                "ts_rank_cd(c.search_vector, to_tsquery('simple', $1))",
+                "c.search_vector @@ to_tsquery('simple', $1)",
+            ),
+            SearchMode::Similar => ("word_similarity($2, c.search_text)", "$2 <% c.search_text"),
+        };
+        let sql = format!(
+            "SELECT * FROM ( \
+               SELECT {CUSTOMER_COLUMNS}, ({score})::float8 AS score \
+               FROM customer.customers c \
+               WHERE c.state = 'ACTIVE' AND {matches} AND {} \
+             ) c WHERE ($3::float8 IS NULL OR (c.score, c.id) < ($3, $4)) \
+             ORDER BY c.score DESC, c.id DESC LIMIT ${}",
+            sql_filter.sql,
+            sql_filter.params.len() + 5
+        );
+        let query_builder = sqlx::query_as::<_, SearchHit>(&sql)
+            .bind(tsquery)
+            .bind(query)
+            .bind(cursor.map(|c| c.score))
+            .bind(cursor.map(|c| c.id).unwrap_or_default());
+        Ok(bind_filter_params(query_builder, &sql_filter.params)
+            .bind(limit as i64 + 1)
+            .fetch_all(&self.db)
+            .await?)
     }
 
     async fn merge(

@@ -2,7 +2,7 @@
 //! sequence order; one LISTEN connection per process wakes every open stream when a write
 //! commits, with a slow poll as the fallback should a notification be missed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crm_platform::ApiError;
 use crm_proto::crm::common::v1::ChangeType;
@@ -22,6 +22,12 @@ use crate::error::Result;
 /// How long events are kept.
 pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
+/// How long a gap in sequence numbers may stay open before it is taken for a rolled-back insert.
+/// The sequence number is taken by the last statement before commit, so a live transaction
+/// fills its gap within milliseconds; this bound is far above that.
+const GAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon to look again while waiting for a gap to fill.
+const GAP_POLL: Duration = Duration::from_millis(20);
 const BATCH: i64 = 500;
 
 /// The sequence number a watch starts after.
@@ -107,6 +113,8 @@ pub fn stream(
 ) -> impl Stream<Item = Result<pb::WatchCustomerChangesResponse, Status>> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
+        // The first missing sequence number and when it was first seen missing.
+        let mut gap: Option<(i64, Instant)> = None;
         loop {
             let batch: Result<Vec<ChangeRow>, sqlx::Error> = sqlx::query_as(
                 "SELECT seq, customer_id, change_type, merged_into_id, snapshot, change_time \
@@ -116,21 +124,45 @@ pub fn stream(
             .bind(BATCH)
             .fetch_all(&db)
             .await;
-            match batch {
-                Ok(rows) if !rows.is_empty() => {
-                    for row in rows {
-                        after = row.seq;
-                        if tx.send(Ok(row.to_proto())).await.is_err() {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                Ok(_) => {}
+            let rows = match batch {
+                Ok(rows) => rows,
                 Err(err) => {
                     let _ = tx.send(Err(Status::from(ApiError::from(err)))).await;
                     return;
                 }
+            };
+            let mut waiting_for_gap = false;
+            for row in &rows {
+                if row.seq != after + 1 {
+                    let missing = after + 1;
+                    match gap {
+                        Some((seq, since)) if seq == missing && since.elapsed() >= GAP_TIMEOUT => {}
+                        Some((seq, _)) if seq == missing => {
+                            waiting_for_gap = true;
+                            break;
+                        }
+                        _ => {
+                            gap = Some((missing, Instant::now()));
+                            waiting_for_gap = true;
+                            break;
+                        }
+                    }
+                }
+                gap = None;
+                after = row.seq;
+                if tx.send(Ok(row.to_proto())).await.is_err() {
+                    return;
+                }
+            }
+            if waiting_for_gap {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(GAP_POLL) => {}
+                }
+                continue;
+            }
+            if rows.len() as i64 == BATCH {
+                continue;
             }
             tokio::select! {
                 _ = tx.closed() => return,

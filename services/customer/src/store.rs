@@ -502,8 +502,8 @@ pub async fn merge_records(
         .collect())
 }
 
-/// Appends a change event. Serialised by a transaction-level advisory lock so that sequence
-/// numbers commit in order (see the migration); call it last, just before commit.
+/// Appends a change event. Call it last, just before commit, so the sequence number is taken
+/// as late as possible (the feed reader waits for lower numbers still in flight).
 pub async fn append_change(
     conn: &mut PgConnection,
     customer_id: Uuid,
@@ -511,9 +511,6 @@ pub async fn append_change(
     merged_into: Option<Uuid>,
     snapshot: Option<&pb::Customer>,
 ) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('customer.changes'))")
-        .execute(&mut *conn)
-        .await?;
     sqlx::query(
         "INSERT INTO customer.changes (customer_id, change_type, merged_into_id, snapshot) \
          VALUES ($1, $2, $3, $4)",

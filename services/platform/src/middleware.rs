@@ -144,9 +144,11 @@ impl CallRecorder {
         let millis = elapsed.as_secs_f64() * 1000.0;
         match code {
             Code::Ok => tracing::debug!(code = %code_name, millis, "call finished"),
-            Code::Internal | Code::Unknown | Code::DataLoss => {
+            Code::Internal | Code::DataLoss => {
                 tracing::error!(code = %code_name, millis, "call failed")
             }
+            // Unknown here is the transport's word for a stream the caller reset.
+            Code::Unknown => tracing::warn!(code = %code_name, millis, "call ended abnormally"),
             _ => tracing::info!(code = %code_name, millis, "call finished"),
         }
     }
