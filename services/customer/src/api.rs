@@ -204,16 +204,17 @@ impl CustomerApi {
             store::append_change(&mut tx, row.id, *change, *merged_into, snapshot).await?;
         }
         tx.commit().await?;
-        for (customer, row) in customers.iter().zip(rows) {
-            self.cache
-                .put(
-                    &self.cache_key(row.id),
-                    Entry {
-                        version: row.version,
-                        bytes: customer.encode_to_vec().into(),
-                    },
-                )
-                .await;
+        for ((customer, row), (change, _)) in customers.iter().zip(rows).zip(change_types) {
+            let key = self.cache_key(row.id);
+            let entry = Entry {
+                version: row.version,
+                bytes: customer.encode_to_vec().into(),
+            };
+            if *change == ChangeType::Created {
+                self.cache.put_new(&key, entry).await;
+            } else {
+                self.cache.put(&key, entry).await;
+            }
         }
         Ok(customers)
     }

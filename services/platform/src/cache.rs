@@ -372,6 +372,16 @@ impl Cache {
         self.pending_acks().remove(&token);
     }
 
+    /// Publishes a newly created entry: no instance can hold an older copy of a key that did not
+    /// exist (misses are never cached), so no invalidation round is needed.
+    pub async fn put_new(&self, key: &str, entry: Entry) {
+        self.note_announced(key, entry.version);
+        if let Some(local) = &self.inner.local {
+            local.insert(key.to_string(), entry.clone()).await;
+        }
+        self.store_in_redis(key, &entry).await;
+    }
+
     fn pending_acks(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, tokio::sync::watch::Sender<i64>>>
