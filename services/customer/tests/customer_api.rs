@@ -546,6 +546,10 @@ async fn the_change_feed_waits_for_a_late_commit_instead_of_skipping_it() {
             .execute(&pool)
             .await
             .unwrap();
+            sqlx::query("SELECT pg_notify('customer_changes', '')")
+                .execute(&pool)
+                .await
+                .unwrap();
         }
     };
     let mut feed = client
@@ -560,21 +564,22 @@ async fn the_change_feed_waits_for_a_late_commit_instead_of_skipping_it() {
         .into_inner();
 
     insert(1).await;
-    assert_eq!(next_token(&mut feed).await.as_deref(), Some("1"));
+    assert_eq!(next_token(&mut feed, 5).await.as_deref(), Some("1"));
     // 3 commits before 2: the feed must hold 3 back rather than skip 2 for good.
     insert(3).await;
-    assert_eq!(next_token(&mut feed).await, None);
+    assert_eq!(next_token(&mut feed, 1).await, None);
     insert(2).await;
 
-    assert_eq!(next_token(&mut feed).await.as_deref(), Some("2"));
-    assert_eq!(next_token(&mut feed).await.as_deref(), Some("3"));
+    assert_eq!(next_token(&mut feed, 5).await.as_deref(), Some("2"));
+    assert_eq!(next_token(&mut feed, 5).await.as_deref(), Some("3"));
 }
 
-/// The next event's resume token, or None when nothing arrives within half a second.
+/// The next event's resume token, or None when nothing arrives within `seconds`.
 async fn next_token(
     feed: &mut tonic::Streaming<pb::WatchCustomerChangesResponse>,
+    seconds: u64,
 ) -> Option<String> {
-    tokio::time::timeout(Duration::from_millis(500), feed.next())
+    tokio::time::timeout(Duration::from_secs(seconds), feed.next())
         .await
         .ok()
         .map(|r| r.unwrap().unwrap().event.unwrap().resume_token)
