@@ -2,6 +2,7 @@
 //! one transaction, publish the change, convert back.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -118,21 +119,25 @@ pub struct CustomerApi {
     cache: Cache,
     page_tokens: PageTokenCodec,
     changes: watch::Receiver<u64>,
+    committed: Arc<tokio::sync::Notify>,
 }
 
 impl CustomerApi {
-    /// A service over `db`, caching through `cache`, woken by `changes` when the feed grows.
+    /// A service over `db`, caching through `cache`. Feed readers are woken through `changes`;
+    /// `committed` is told after every commit that appended to the feed.
     pub fn new(
         db: PgPool,
         cache: Cache,
         page_tokens: PageTokenCodec,
         changes: watch::Receiver<u64>,
+        committed: Arc<tokio::sync::Notify>,
     ) -> Self {
         Self {
             db,
             cache,
             page_tokens,
             changes,
+            committed,
         }
     }
 
@@ -204,6 +209,7 @@ impl CustomerApi {
             store::append_change(&mut tx, row.id, *change, *merged_into, snapshot).await?;
         }
         tx.commit().await?;
+        self.committed.notify_one();
         for ((customer, row), (change, _)) in customers.iter().zip(rows).zip(change_types) {
             let key = self.cache_key(row.id);
             let entry = Entry {

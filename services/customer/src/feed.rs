@@ -174,6 +174,32 @@ pub fn stream(
     ReceiverStream::new(rx)
 }
 
+/// Wakes feed readers in every instance after commits: writers call `notify_one` on `wake`, and
+/// this loop turns bursts of them into one `NOTIFY customer_changes`. NOTIFY inside the write
+/// transaction would take PostgreSQL's global notify lock until commit and serialize all writes.
+pub fn spawn_notifier(
+    db: PgPool,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake.notified() => {}
+            }
+            if let Err(err) = sqlx::query("SELECT pg_notify('customer_changes', '')")
+                .execute(&db)
+                .await
+            {
+                tracing::debug!(error = %err, "cannot notify feed readers; they poll instead");
+            }
+            // Coalesce: commits in the next few milliseconds ride on the next notification.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+}
+
 /// Listens for `customer_changes` notifications and bumps `notify` for every one, until
 /// `shutdown`; reconnects after errors.
 pub fn spawn_listener(db: PgPool, notify: watch::Sender<u64>, shutdown: CancellationToken) {

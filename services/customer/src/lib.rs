@@ -73,12 +73,19 @@ pub fn module(ctx: &ServiceContext) -> anyhow::Result<ServiceModule> {
     cache.spawn_invalidation_listener(ctx.shutdown.clone());
     let (notify, changes) = tokio::sync::watch::channel(0u64);
     feed::spawn_listener(database.pool.clone(), notify, ctx.shutdown.clone());
+    let committed = std::sync::Arc::new(tokio::sync::Notify::new());
+    feed::spawn_notifier(
+        database.pool.clone(),
+        committed.clone(),
+        ctx.shutdown.clone(),
+    );
     api::spawn_request_id_purge(database.pool.clone(), ctx.shutdown.clone());
     let api = api::CustomerApi::new(
         database.pool.clone(),
         cache,
         ctx.page_tokens.clone(),
         changes,
+        committed,
     );
     Ok(ServiceModule {
         name: "customer",

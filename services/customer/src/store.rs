@@ -519,10 +519,7 @@ pub async fn append_change(
     .bind(change_type.as_str_name())
     .bind(merged_into)
     .bind(snapshot.map(prost::Message::encode_to_vec))
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
-    sqlx::query("SELECT pg_notify('customer_changes', '')")
-        .execute(conn)
-        .await?;
     Ok(())
 }

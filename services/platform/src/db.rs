@@ -22,6 +22,9 @@ pub struct Database {
     pub pool: PgPool,
     /// The schema the service owns.
     pub schema: &'static str,
+    /// One connection of its own for readiness checks, so a busy pool never reads as an
+    /// unreachable database (which would take a loaded pod out of rotation).
+    health_pool: PgPool,
     migrator: &'static Migrator,
 }
 
@@ -44,10 +47,15 @@ impl Database {
             .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
             .idle_timeout(Duration::from_secs(300))
             .test_before_acquire(false)
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
+        let health_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .connect_lazy_with(options.application_name(&format!("crm-{schema}-health")));
         Ok(Self {
             pool,
             schema,
+            health_pool,
             migrator,
         })
     }
@@ -76,7 +84,7 @@ impl Database {
             "SELECT max(version) FROM {}._sqlx_migrations WHERE success",
             self.schema
         ))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.health_pool)
         .await
         .or_else(|err| match &err {
             // No migration table yet: reachable but not migrated.
