@@ -1475,8 +1475,9 @@ impl CustomerService for CustomerApi {
     }
 }
 
-/// Keeps `request_ids` from growing: deletes expired ids every 10 minutes until shutdown.
-pub(crate) fn spawn_request_id_purge(db: PgPool, shutdown: tokio_util::sync::CancellationToken) {
+/// Housekeeping every 10 minutes until shutdown: deletes request ids past their 24 hours and
+/// change-feed events past their 30 days.
+pub(crate) fn spawn_housekeeping(db: PgPool, shutdown: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -1487,6 +1488,22 @@ pub(crate) fn spawn_request_id_purge(db: PgPool, shutdown: tokio_util::sync::Can
                 Ok(n) if n > 0 => tracing::info!(purged = n, "expired request ids deleted"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "purging request ids failed"),
+            }
+            let expired = sqlx::query(
+                "DELETE FROM customer.changes WHERE change_time < now() - make_interval(secs => $1)",
+            )
+            .bind(crate::feed::RETENTION.as_secs_f64())
+            .execute(&db)
+            .await;
+            match expired {
+                Ok(done) if done.rows_affected() > 0 => {
+                    tracing::info!(
+                        purged = done.rows_affected(),
+                        "expired change events deleted"
+                    )
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "purging change events failed"),
             }
         }
     });

@@ -79,7 +79,7 @@ pub fn module(ctx: &ServiceContext) -> anyhow::Result<ServiceModule> {
         committed.clone(),
         ctx.shutdown.clone(),
     );
-    api::spawn_request_id_purge(database.pool.clone(), ctx.shutdown.clone());
+    api::spawn_housekeeping(database.pool.clone(), ctx.shutdown.clone());
     let api = api::CustomerApi::new(
         database.pool.clone(),
         cache,
