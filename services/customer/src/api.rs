@@ -13,7 +13,7 @@ use crm_platform::db::bind_filter_params;
 use crm_platform::filter::{self, FieldType, FilterSchema, OrderTerm};
 use crm_platform::idempotency::{self, Claim};
 use crm_platform::page_token::{PageTokenCodec, query_fingerprint};
-use crm_platform::paging::page_size;
+use crm_platform::paging::{SortKey, keyset_after, keyset_order_by, page_size};
 use crm_platform::{ApiError, FieldViolations};
 use crm_proto::crm::common::v1::ChangeType;
 use crm_proto::crm::customer::v1 as pb;
@@ -327,14 +327,18 @@ impl CustomerApi {
         let show_deleted = if req.show_deleted { "1" } else { "0" };
         let fingerprint = query_fingerprint(&[&req.filter, &req.order_by, show_deleted]);
         let cursor: Option<ListCursor> = self.decode_token(&req.page_token, fingerprint)?;
-        let keys: Vec<(&str, &str, bool)> = order
+        let keys: Vec<SortKey<'_>> = order
             .iter()
             .map(|term| {
                 let key = ORDER_KEYS
                     .iter()
                     .find(|k| k.0 == term.field)
                     .expect("validated");
-                (key.1, key.2, term.descending)
+                SortKey {
+                    sql: key.1,
+                    sql_type: key.2,
+                    descending: term.descending,
+                }
             })
             .collect();
 
@@ -348,52 +352,20 @@ impl CustomerApi {
             sql_filter.sql
         );
         let mut cursor_params: Vec<String> = Vec::new();
-        let mut next = sql_filter.params.len() + 1;
         if let Some(cursor) = &cursor {
             if cursor.values.len() != keys.len() {
                 return Err(ApiError::invalid("page_token", "does not match order_by").into());
             }
-            // (k1 > v1) OR (k1 = v1 AND k2 > v2) OR … OR (all equal AND id > last id), with each
-            // comparison turned for descending keys.
-            let mut alternatives = Vec::new();
-            for i in 0..=keys.len() {
-                let mut parts = Vec::new();
-                for (j, (expr, ty, _)) in keys.iter().enumerate().take(i) {
-                    parts.push(format!("{expr} = ${}::{ty}", next + j));
-                }
-                if i < keys.len() {
-                    let (expr, ty, desc) = keys[i];
-                    parts.push(format!(
-                        "{expr} {} ${}::{ty}",
-                        if desc { "<" } else { ">" },
-                        next + i
-                    ));
-                } else {
-                    let desc = keys.last().is_some_and(|k| k.2);
-                    parts.push(format!(
-                        "c.id {} ${}::uuid",
-                        if desc { "<" } else { ">" },
-                        next + keys.len()
-                    ));
-                }
-                alternatives.push(format!("({})", parts.join(" AND ")));
-            }
-            sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+            let after = keyset_after(&keys, "c.id", sql_filter.params.len() + 1);
+            sql.push_str(&format!(" AND {after}"));
             cursor_params = cursor.values.clone();
             cursor_params.push(cursor.id.to_string());
-            next += cursor_params.len();
         }
-        let id_dir = if keys.last().is_some_and(|k| k.2) {
-            "DESC"
-        } else {
-            "ASC"
-        };
-        let order_sql: Vec<String> = keys
-            .iter()
-            .map(|(expr, _, desc)| format!("{expr} {}", if *desc { "DESC" } else { "ASC" }))
-            .chain(std::iter::once(format!("c.id {id_dir}")))
-            .collect();
-        sql.push_str(&format!(" ORDER BY {} LIMIT ${next}", order_sql.join(", ")));
+        let limit_param = sql_filter.params.len() + cursor_params.len() + 1;
+        sql.push_str(&format!(
+            " ORDER BY {} LIMIT ${limit_param}",
+            keyset_order_by(&keys, "c.id")
+        ));
 
         let mut query =
             bind_filter_params(sqlx::query_as::<_, CustomerRow>(&sql), &sql_filter.params);
@@ -645,15 +617,7 @@ impl CustomerApi {
         fields.tags.truncate(domain::MAX_TAGS);
         fields.contact_points.truncate(domain::MAX_CONTACT_POINTS);
         fields.addresses.truncate(domain::MAX_ADDRESSES);
-        for table in ["interactions", "consents"] {
-            sqlx::query(&format!(
-                "UPDATE customer.{table} SET customer_id = $1 WHERE customer_id = ANY($2)"
-            ))
-            .bind(survivor)
-            .bind(&duplicates)
-            .execute(&mut *tx)
-            .await?;
-        }
+        store::reassign_history(&mut tx, survivor, &duplicates).await?;
         let survivor_row = store::update_fields(&mut tx, survivor, &fields, actor).await?;
         let merge_record =
             store::insert_merge(&mut tx, Uuid::now_v7(), survivor, &duplicates, actor).await?;
@@ -694,12 +658,7 @@ impl CustomerApi {
             return Ok(store::to_protos(&mut tx, &[row]).await?.remove(0));
         }
         // Records merged into this one describe the same person: they go too.
-        let merged: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM customer.customers WHERE merged_into_id = $1 AND state <> 'ERASED' ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let merged = store::merged_into(&mut tx, id).await?;
         let mut rows = Vec::new();
         for other in merged.into_iter().chain(std::iter::once(id)) {
             rows.push(store::erase(&mut tx, other, actor).await?);
@@ -1095,53 +1054,27 @@ impl CustomerService for CustomerApi {
             let id = parse_id("customer_id", &req.customer_id)?;
             let limit = page_size(req.page_size, 10, 50)?;
             let mut conn = self.db.acquire().await?;
-            let me = store::find(&mut conn, id, false).await?.ok_or(Error::NotFound(id))?;
+            let me = store::find(&mut conn, id, false)
+                .await?
+                .ok_or(Error::NotFound(id))?;
             if me.state != "ACTIVE" {
-                return Err(Error::NotActive { id, state: me.state });
+                return Err(Error::NotActive {
+                    id,
+                    state: me.state,
+                });
             }
-            #[derive(sqlx::FromRow)]
-            struct Candidate {
-                #[sqlx(flatten)]
-                row: CustomerRow,
-                score: f64,
-                reasons: Vec<String>,
-            }
-            let sql = format!(
-                "SELECT * FROM ( \
-                   SELECT {CUSTOMER_COLUMNS}, \
-                     greatest( \
-                       CASE WHEN c.email = $2 OR c.contact_points @> jsonb_build_array(jsonb_build_object('value', $2::text)) THEN 1.0 ELSE 0 END, \
-                       CASE WHEN c.phone = $3 THEN 0.9 ELSE 0 END, \
-                       similarity(lower(c.display_name), lower($4)) \
-                         * CASE WHEN coalesce(c.company_name, '') = coalesce($5, '') THEN 1.0 ELSE 0.8 END \
-                     )::float8 AS score, \
-                     array_remove(ARRAY[ \
-                       CASE WHEN c.email = $2 THEN 'same email' END, \
-                       CASE WHEN c.phone = $3 THEN 'same phone' END, \
-                       CASE WHEN similarity(lower(c.display_name), lower($4)) >= 0.4 \
-                         THEN 'similar name (' || round(similarity(lower(c.display_name), lower($4))::numeric, 2) || ')' END \
-                     ], NULL) AS reasons \
-                   FROM customer.customers c \
-                   WHERE c.state = 'ACTIVE' AND c.id <> $1 \
-                     AND (c.email = $2 OR c.phone = $3 OR lower(c.display_name) % lower($4)) \
-                 ) c WHERE c.score >= 0.4 ORDER BY c.score DESC, c.id LIMIT $6"
-            );
-            let candidates: Vec<Candidate> = sqlx::query_as(&sql)
-                .bind(id)
-                .bind(&me.email)
-                .bind(&me.phone)
-                .bind(me.display_name.clone().unwrap_or_default())
-                .bind(&me.company_name)
-                .bind(limit as i64)
-                .fetch_all(&mut *conn)
-                .await?;
+            let candidates = store::duplicate_candidates(&mut conn, &me, limit as i64).await?;
             let rows: Vec<CustomerRow> = candidates.iter().map(|c| c.row.clone()).collect();
             let customers = store::to_protos(&mut conn, &rows).await?;
             Ok(pb::FindDuplicateCustomersResponse {
                 candidates: customers
                     .into_iter()
                     .zip(candidates)
-                    .map(|(customer, c)| pb::DuplicateCandidate { customer: Some(customer), score: c.score, reasons: c.reasons })
+                    .map(|(customer, c)| pb::DuplicateCandidate {
+                        customer: Some(customer),
+                        score: c.score,
+                        reasons: c.reasons,
+                    })
                     .collect(),
             })
         }
@@ -1204,14 +1137,15 @@ impl CustomerService for CustomerApi {
         ok(async {
             let id = parse_id("id", &req.id)?;
             let mut conn = self.db.acquire().await?;
-            let (_, customer) = store::load(&mut conn, id).await?.ok_or(Error::NotFound(id))?;
-            let consent_history = store::consent_history(&mut conn, id, None, i64::MAX).await?.into_iter().map(|c| c.2).collect();
-            let interactions: Vec<InteractionRow> = sqlx::query_as(&format!(
-                "SELECT {INTERACTION_COLUMNS} FROM customer.interactions WHERE customer_id = $1 ORDER BY occur_time DESC, id DESC"
-            ))
-            .bind(id)
-            .fetch_all(&mut *conn)
-            .await?;
+            let (_, customer) = store::load(&mut conn, id)
+                .await?
+                .ok_or(Error::NotFound(id))?;
+            let consent_history = store::consent_history(&mut conn, id, None, i64::MAX)
+                .await?
+                .into_iter()
+                .map(|c| c.2)
+                .collect();
+            let interactions = store::all_interactions(&mut conn, id).await?;
             Ok(pb::ExportCustomerDataResponse {
                 customer: Some(customer),
                 consent_history,
@@ -1231,23 +1165,24 @@ impl CustomerService for CustomerApi {
         let req = request.into_inner();
         ok(async {
             let mut v = FieldViolations::new();
-            let id = parse_id("customer_id", &req.customer_id).map_err(|e| v.extend(e)).ok();
-            let consent = validate_consent(req.consent.as_ref()).map_err(|e| v.extend(e)).ok();
+            let id = parse_id("customer_id", &req.customer_id)
+                .map_err(|e| v.extend(e))
+                .ok();
+            let consent = validate_consent(req.consent.as_ref())
+                .map_err(|e| v.extend(e))
+                .ok();
             v.into_result()?;
             let (id, consent) = (id.expect("validated"), consent.expect("validated"));
             let mut tx = self.begin().await?;
             self.lock_active(&mut tx, id, "").await?;
             store::insert_consent(&mut tx, id, &consent, &actor).await?;
-            let row: CustomerRow = sqlx::query_as(&format!(
-                "UPDATE customer.customers AS c SET version = c.version + 1, update_time = now(), updated_by = $2 \
-                 WHERE c.id = $1 RETURNING {CUSTOMER_COLUMNS}"
-            ))
-            .bind(id)
-            .bind(&actor)
-            .fetch_one(&mut *tx)
-            .await?;
-            let mut customers = self.finish_write(tx, &[row], &[(ChangeType::Updated, None)]).await?;
-            Ok(pb::RecordConsentResponse { customer: customers.pop() })
+            let row = store::touch(&mut tx, id, &actor).await?;
+            let mut customers = self
+                .finish_write(tx, &[row], &[(ChangeType::Updated, None)])
+                .await?;
+            Ok(pb::RecordConsentResponse {
+                customer: customers.pop(),
+            })
         }
         .await)
     }
@@ -1297,31 +1232,29 @@ impl CustomerService for CustomerApi {
             let mut tx = self.begin().await?;
             if !req.request_id.is_empty() {
                 let hash = idempotency::request_hash(&req.encode_to_vec());
-                if let Claim::Replay(bytes) = idempotency::claim(&mut tx, SCHEMA, "CreateInteraction", &req.request_id, &hash).await? {
-                    return pb::CreateInteractionResponse::decode(bytes)
-                        .map_err(|e| Error::Api(ApiError::Internal(anyhow::anyhow!("stored response: {e}"))));
+                if let Claim::Replay(bytes) =
+                    idempotency::claim(&mut tx, SCHEMA, "CreateInteraction", &req.request_id, &hash)
+                        .await?
+                {
+                    return pb::CreateInteractionResponse::decode(bytes).map_err(|e| {
+                        Error::Api(ApiError::Internal(anyhow::anyhow!("stored response: {e}")))
+                    });
                 }
             }
             self.lock_active(&mut tx, customer_id, "").await?;
-            let stored: InteractionRow = sqlx::query_as(&format!(
-                "INSERT INTO customer.interactions (id, customer_id, type, direction, subject, body, occur_time, duration_ms, owner_id, created_by) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {INTERACTION_COLUMNS}"
-            ))
-            .bind(row.id)
-            .bind(row.customer_id)
-            .bind(&row.r#type)
-            .bind(&row.direction)
-            .bind(&row.subject)
-            .bind(&row.body)
-            .bind(row.occur_time)
-            .bind(row.duration_ms)
-            .bind(&row.owner_id)
-            .bind(&row.created_by)
-            .fetch_one(&mut *tx)
-            .await?;
-            let response = pb::CreateInteractionResponse { interaction: Some(stored.to_proto()) };
+            let stored = store::insert_interaction(&mut tx, &row).await?;
+            let response = pb::CreateInteractionResponse {
+                interaction: Some(stored.to_proto()),
+            };
             if !req.request_id.is_empty() {
-                idempotency::complete(&mut tx, SCHEMA, "CreateInteraction", &req.request_id, &response.encode_to_vec()).await?;
+                idempotency::complete(
+                    &mut tx,
+                    SCHEMA,
+                    "CreateInteraction",
+                    &req.request_id,
+                    &response.encode_to_vec(),
+                )
+                .await?;
             }
             tx.commit().await?;
             Ok(response)
@@ -1489,19 +1422,8 @@ pub(crate) fn spawn_housekeeping(db: PgPool, shutdown: tokio_util::sync::Cancell
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "purging request ids failed"),
             }
-            let expired = sqlx::query(
-                "DELETE FROM customer.changes WHERE change_time < now() - make_interval(secs => $1)",
-            )
-            .bind(crate::feed::RETENTION.as_secs_f64())
-            .execute(&db)
-            .await;
-            match expired {
-                Ok(done) if done.rows_affected() > 0 => {
-                    tracing::info!(
-                        purged = done.rows_affected(),
-                        "expired change events deleted"
-                    )
-                }
+            match store::purge_changes_before(&db, crate::feed::RETENTION).await {
+                Ok(n) if n > 0 => tracing::info!(purged = n, "expired change events deleted"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "purging change events failed"),
             }

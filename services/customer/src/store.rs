@@ -523,3 +523,139 @@ pub async fn append_change(
     .await?;
     Ok(())
 }
+
+/// Moves the interactions and consent history of `from` customers to `to` (a merge).
+pub async fn reassign_history(conn: &mut PgConnection, to: Uuid, from: &[Uuid]) -> Result<()> {
+    for table in ["interactions", "consents"] {
+        sqlx::query(&format!(
+            "UPDATE customer.{table} SET customer_id = $1 WHERE customer_id = ANY($2)"
+        ))
+        .bind(to)
+        .bind(from)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Ids of the not-yet-erased customers merged into `survivor`, in id order.
+pub async fn merged_into(conn: &mut PgConnection, survivor: Uuid) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM customer.customers \
+         WHERE merged_into_id = $1 AND state <> 'ERASED' ORDER BY id",
+    )
+    .bind(survivor)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Every interaction of a customer, newest first.
+pub async fn all_interactions(
+    conn: &mut PgConnection,
+    customer_id: Uuid,
+) -> Result<Vec<InteractionRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {INTERACTION_COLUMNS} FROM customer.interactions WHERE customer_id = $1 \
+         ORDER BY occur_time DESC, id DESC"
+    ))
+    .bind(customer_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Bumps a customer's version for a change kept outside its row (its consents).
+pub async fn touch(conn: &mut PgConnection, id: Uuid, actor: &str) -> Result<CustomerRow> {
+    let sql = format!(
+        "UPDATE customer.customers AS c SET version = c.version + 1, update_time = now(), \
+           updated_by = $2 \
+         WHERE c.id = $1 RETURNING {CUSTOMER_COLUMNS}"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(id)
+        .bind(actor)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Stores an interaction.
+pub async fn insert_interaction(
+    conn: &mut PgConnection,
+    row: &InteractionRow,
+) -> Result<InteractionRow> {
+    let sql = format!(
+        "INSERT INTO customer.interactions (id, customer_id, type, direction, subject, body, \
+           occur_time, duration_ms, owner_id, created_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {INTERACTION_COLUMNS}"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(row.id)
+        .bind(row.customer_id)
+        .bind(&row.r#type)
+        .bind(&row.direction)
+        .bind(&row.subject)
+        .bind(&row.body)
+        .bind(row.occur_time)
+        .bind(row.duration_ms)
+        .bind(&row.owner_id)
+        .bind(&row.created_by)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// A possible duplicate with its score and the reasons.
+#[derive(Debug, FromRow)]
+pub struct DuplicateRow {
+    #[sqlx(flatten)]
+    pub row: CustomerRow,
+    pub score: f64,
+    pub reasons: Vec<String>,
+}
+
+/// Active customers that are probably the same person as `me`: same email (also among contact
+/// points), same phone, or a similar name (trigram similarity, weighted up at the same company).
+pub async fn duplicate_candidates(
+    conn: &mut PgConnection,
+    me: &CustomerRow,
+    limit: i64,
+) -> Result<Vec<DuplicateRow>> {
+    let sql = format!(
+        "SELECT * FROM ( \
+                       SELECT {CUSTOMER_COLUMNS}, \
+                         greatest( \
+                           CASE WHEN c.email = $2 OR c.contact_points @> jsonb_build_array(jsonb_build_object('value', $2::text)) THEN 1.0 ELSE 0 END, \
+                           CASE WHEN c.phone = $3 THEN 0.9 ELSE 0 END, \
+                           similarity(lower(c.display_name), lower($4)) \
+                             * CASE WHEN coalesce(c.company_name, '') = coalesce($5, '') THEN 1.0 ELSE 0.8 END \
+                         )::float8 AS score, \
+                         array_remove(ARRAY[ \
+                           CASE WHEN c.email = $2 THEN 'same email' END, \
+                           CASE WHEN c.phone = $3 THEN 'same phone' END, \
+                           CASE WHEN similarity(lower(c.display_name), lower($4)) >= 0.4 \
+                             THEN 'similar name (' || round(similarity(lower(c.display_name), lower($4))::numeric, 2) || ')' END \
+                         ], NULL) AS reasons \
+                       FROM customer.customers c \
+                       WHERE c.state = 'ACTIVE' AND c.id <> $1 \
+                         AND (c.email = $2 OR c.phone = $3 OR lower(c.display_name) % lower($4)) \
+                     ) c WHERE c.score >= 0.4 ORDER BY c.score DESC, c.id LIMIT $6"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(me.id)
+        .bind(&me.email)
+        .bind(&me.phone)
+        .bind(me.display_name.clone().unwrap_or_default())
+        .bind(&me.company_name)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?)
+}
+
+/// Deletes change-feed events older than `age`; returns how many.
+pub async fn purge_changes_before(db: &sqlx::PgPool, age: std::time::Duration) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM customer.changes WHERE change_time < now() - make_interval(secs => $1)",
+    )
+    .bind(age.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
