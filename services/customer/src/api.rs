@@ -11,7 +11,7 @@ use crm_platform::auth::Principal;
 use crm_platform::cache::{Cache, Entry};
 use crm_platform::db::bind_filter_params;
 use crm_platform::filter::{self, FieldType, FilterSchema, OrderTerm};
-use crm_platform::idempotency::{self, Claim};
+use crm_platform::idempotency;
 use crm_platform::page_token::{PageTokenCodec, query_fingerprint};
 use crm_platform::paging::{SortKey, keyset_after, keyset_order_by, page_size};
 use crm_platform::{ApiError, FieldViolations};
@@ -202,7 +202,12 @@ impl CustomerApi {
         rows: &[CustomerRow],
         change_types: &[(ChangeType, Option<Uuid>)],
     ) -> Result<Vec<pb::Customer>> {
-        let customers = store::to_protos(&mut tx, rows).await?;
+        // A customer created in this transaction has no consents yet: no need to look them up.
+        let customers = if change_types.iter().all(|(c, _)| *c == ChangeType::Created) {
+            rows.iter().map(|row| row.to_proto(Vec::new())).collect()
+        } else {
+            store::to_protos(&mut tx, rows).await?
+        };
         for ((customer, row), (change, merged_into)) in customers.iter().zip(rows).zip(change_types)
         {
             let snapshot = (*change != ChangeType::Erased).then_some(customer);
@@ -255,34 +260,17 @@ impl CustomerApi {
         actor: &str,
     ) -> Result<(pb::CreateCustomerResponse, bool)> {
         let mut tx = self.begin().await?;
-        if !request_id.is_empty() {
-            match idempotency::claim(&mut tx, SCHEMA, "CreateCustomer", request_id, request_hash)
-                .await?
-            {
-                Claim::Replay(bytes) => {
-                    let response = pb::CreateCustomerResponse::decode(bytes).map_err(|e| {
-                        Error::Api(ApiError::Internal(anyhow::anyhow!("stored response: {e}")))
-                    })?;
-                    return Ok((response, false));
-                }
-                Claim::New => {}
-            }
+        if let Some(response) =
+            idempotency::replay(&mut tx, SCHEMA, "CreateCustomer", request_id, request_hash).await?
+        {
+            return Ok((response, false));
         }
         let row = store::insert(&mut tx, Uuid::now_v7(), fields, actor).await?;
         let customer = row.to_proto(Vec::new());
         let response = pb::CreateCustomerResponse {
             customer: Some(customer.clone()),
         };
-        if !request_id.is_empty() {
-            idempotency::complete(
-                &mut tx,
-                SCHEMA,
-                "CreateCustomer",
-                request_id,
-                &response.encode_to_vec(),
-            )
-            .await?;
-        }
+        idempotency::complete(&mut tx, SCHEMA, "CreateCustomer", request_id, &response).await?;
         self.finish_write(tx, &[row], &[(ChangeType::Created, None)])
             .await?;
         Ok((response, true))
@@ -372,7 +360,9 @@ impl CustomerApi {
         for value in &cursor_params {
             query = query.bind(value);
         }
-        let mut rows = query.bind(limit as i64 + 1).fetch_all(&self.db).await?;
+        // One connection for the page and its consents.
+        let mut conn = self.db.acquire().await?;
+        let mut rows = query.bind(limit as i64 + 1).fetch_all(&mut *conn).await?;
         let next_page_token = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             let last = rows.last().expect("a full page has a last row");
@@ -539,14 +529,10 @@ impl CustomerApi {
 
         let mut tx = self.begin().await?;
         let hash = idempotency::request_hash(&req.encode_to_vec());
-        if !req.request_id.is_empty()
-            && let Claim::Replay(bytes) =
-                idempotency::claim(&mut tx, SCHEMA, "MergeCustomers", &req.request_id, &hash)
-                    .await?
+        if let Some(response) =
+            idempotency::replay(&mut tx, SCHEMA, "MergeCustomers", &req.request_id, &hash).await?
         {
-            return pb::MergeCustomersResponse::decode(bytes).map_err(|e| {
-                Error::Api(ApiError::Internal(anyhow::anyhow!("stored response: {e}")))
-            });
+            return Ok(response);
         }
         // Lock in id order so concurrent merges cannot deadlock.
         let mut all = duplicates.clone();
@@ -635,16 +621,14 @@ impl CustomerApi {
             customer: Some(survivor_proto),
             merge_record: Some(merge_record),
         };
-        if !req.request_id.is_empty() {
-            idempotency::complete(
-                &mut tx,
-                SCHEMA,
-                "MergeCustomers",
-                &req.request_id,
-                &response.encode_to_vec(),
-            )
-            .await?;
-        }
+        idempotency::complete(
+            &mut tx,
+            SCHEMA,
+            "MergeCustomers",
+            &req.request_id,
+            &response,
+        )
+        .await?;
         self.finish_write(tx, &rows, &changes).await?;
         Ok(response)
     }
@@ -1230,32 +1214,26 @@ impl CustomerService for CustomerApi {
             idempotency::validate_request_id("request_id", &req.request_id)?;
             row.created_by = actor;
             let mut tx = self.begin().await?;
-            if !req.request_id.is_empty() {
-                let hash = idempotency::request_hash(&req.encode_to_vec());
-                if let Claim::Replay(bytes) =
-                    idempotency::claim(&mut tx, SCHEMA, "CreateInteraction", &req.request_id, &hash)
-                        .await?
-                {
-                    return pb::CreateInteractionResponse::decode(bytes).map_err(|e| {
-                        Error::Api(ApiError::Internal(anyhow::anyhow!("stored response: {e}")))
-                    });
-                }
+            let hash = idempotency::request_hash(&req.encode_to_vec());
+            if let Some(response) =
+                idempotency::replay(&mut tx, SCHEMA, "CreateInteraction", &req.request_id, &hash)
+                    .await?
+            {
+                return Ok(response);
             }
             self.lock_active(&mut tx, customer_id, "").await?;
             let stored = store::insert_interaction(&mut tx, &row).await?;
             let response = pb::CreateInteractionResponse {
                 interaction: Some(stored.to_proto()),
             };
-            if !req.request_id.is_empty() {
-                idempotency::complete(
-                    &mut tx,
-                    SCHEMA,
-                    "CreateInteraction",
-                    &req.request_id,
-                    &response.encode_to_vec(),
-                )
-                .await?;
-            }
+            idempotency::complete(
+                &mut tx,
+                SCHEMA,
+                "CreateInteraction",
+                &req.request_id,
+                &response,
+            )
+            .await?;
             tx.commit().await?;
             Ok(response)
         }

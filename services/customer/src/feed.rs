@@ -2,6 +2,7 @@
 //! sequence order; one LISTEN connection per process wakes every open stream when a write
 //! commits, with a slow poll as the fallback should a notification be missed.
 
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use crm_platform::ApiError;
@@ -200,27 +201,27 @@ pub fn spawn_notifier(
     });
 }
 
+/// Bumps `notify` for every `customer_changes` notification; returns only on a connection error.
+async fn listen(db: &PgPool, notify: &watch::Sender<u64>) -> Result<Infallible, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(db).await?;
+    listener.listen("customer_changes").await?;
+    loop {
+        listener.recv().await?;
+        notify.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
 /// Listens for `customer_changes` notifications and bumps `notify` for every one, until
 /// `shutdown`; reconnects after errors.
 pub fn spawn_listener(db: PgPool, notify: watch::Sender<u64>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         loop {
-            let listened = async {
-                let mut listener = sqlx::postgres::PgListener::connect_with(&db).await?;
-                listener.listen("customer_changes").await?;
-                loop {
-                    listener.recv().await?;
-                    notify.send_modify(|n| *n = n.wrapping_add(1));
-                }
-                #[allow(unreachable_code)]
-                Ok::<(), sqlx::Error>(())
-            };
+            let listened = listen(&db, &notify);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 result = listened => {
-                    if let Err(err) = result {
-                        tracing::debug!(error = %err, "change listener lost its connection; polling until it is back");
-                    }
+                    let Err(err) = result;
+                    tracing::debug!(error = %err, "change listener lost its connection; polling until it is back");
                 }
             }
             tokio::select! {

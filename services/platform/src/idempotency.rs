@@ -34,7 +34,7 @@ pub const MAX_REQUEST_ID_LEN: usize = 100;
 
 /// The outcome of claiming a request id.
 #[derive(Debug)]
-pub enum Claim {
+enum Claim {
     /// First use: do the work, then [`complete`] with the response.
     New,
     /// Seen before with the same request: return this stored response.
@@ -64,7 +64,7 @@ pub fn validate_request_id(field: &str, request_id: &str) -> Result<(), ApiError
 }
 
 /// Claims `request_id` for `method` inside the caller's transaction.
-pub async fn claim(
+async fn claim(
     tx: &mut PgConnection,
     schema: &'static str,
     method: &str,
@@ -112,20 +112,47 @@ pub async fn claim(
     }
 }
 
-/// Stores the response of a claimed request id, in the same transaction as the work.
+/// Claims `request_id` for `method` and, if an earlier call with the same request already
+/// completed, returns its stored response. `None` means: do the work, then [`complete`]. An
+/// empty `request_id` (the caller asked for no idempotency) always yields `None`.
+pub async fn replay<M: prost::Message + Default>(
+    tx: &mut PgConnection,
+    schema: &'static str,
+    method: &str,
+    request_id: &str,
+    hash: &[u8],
+) -> Result<Option<M>, ApiError> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    match claim(tx, schema, method, request_id, hash).await? {
+        Claim::New => Ok(None),
+        Claim::Replay(bytes) => M::decode(bytes).map(Some).map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!(
+                "stored response of {method} {request_id}: {e}"
+            ))
+        }),
+    }
+}
+
+/// Stores the response of a claimed request id, in the same transaction as the work. A no-op
+/// for an empty `request_id`.
 pub async fn complete(
     tx: &mut PgConnection,
     schema: &'static str,
     method: &str,
     request_id: &str,
-    response: &[u8],
+    response: &impl prost::Message,
 ) -> Result<(), ApiError> {
+    if request_id.is_empty() {
+        return Ok(());
+    }
     sqlx::query(&format!(
         "UPDATE {schema}.request_ids SET response = $3 WHERE method = $1 AND request_id = $2"
     ))
     .bind(method)
     .bind(request_id)
-    .bind(response)
+    .bind(response.encode_to_vec())
     .execute(&mut *tx)
     .await?;
     Ok(())
