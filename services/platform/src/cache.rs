@@ -202,7 +202,7 @@ impl Cache {
                 started: Instant::now(),
                 timeout: Duration::from_millis(redis.timeout_ms),
                 script: Script::new(SET_IF_NEWER),
-                channel: format!("crm:{namespace}:invalidate"),
+                channel: format!("{}:{namespace}:invalidate", redis.key_prefix),
             })
         };
         let ttl = Duration::from_secs(cache.ttl_secs);
@@ -214,7 +214,7 @@ impl Cache {
         });
         Ok(Self {
             inner: Arc::new(Inner {
-                namespace: namespace.to_string(),
+                namespace: format!("{}:{namespace}", redis.key_prefix),
                 local,
                 announced: moka::sync::Cache::builder()
                     .max_capacity(100_000)
@@ -229,9 +229,10 @@ impl Cache {
         })
     }
 
-    /// The full key for `id` of `kind`, e.g. `crm:customer:customer:<id>`.
+    /// The full key for `id` of `kind`, e.g. `crm:customer:customer:<id>` (`redis.key_prefix`,
+    /// then the service).
     pub fn key(&self, kind: &str, id: &str) -> String {
-        format!("crm:{}:{kind}:{id}", self.inner.namespace)
+        format!("{}:{kind}:{id}", self.inner.namespace)
     }
 
     /// Whether the in-process tier is in use right now.

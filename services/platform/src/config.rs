@@ -103,6 +103,11 @@ pub struct RedisConfig {
     /// `redis.timeout_ms`: per-command timeout; a slower Redis counts as down for that call.
     /// Default 250.
     pub timeout_ms: u64,
+    /// `redis.key_prefix`: first part of every key and of the invalidation channel, so several
+    /// deployments (or test runs) can share one Redis without seeing each other's entries or
+    /// waiting for each other's acknowledgements. 1..=64 characters of `[A-Za-z0-9_-]`.
+    /// Default `crm`.
+    pub key_prefix: String,
 }
 
 /// `cache.*`
@@ -189,6 +194,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("database.migrate_on_start", "false"),
     ("redis.url", "redis://127.0.0.1:6379"),
     ("redis.timeout_ms", "250"),
+    ("redis.key_prefix", "crm"),
     ("cache.ttl_secs", "300"),
     ("cache.ttl_jitter_pct", "10"),
     ("cache.local_capacity", "50000"),
@@ -279,6 +285,18 @@ impl Config {
             return Err(ConfigError::key(
                 "redis.url",
                 "must be empty or start with redis:// or rediss://",
+            ));
+        }
+        let prefix = &self.redis.key_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::key(
+                "redis.key_prefix",
+                "must be 1..=64 characters of A-Z, a-z, 0-9, '_' or '-'",
             ));
         }
         if self.database.max_connections == 0 {
@@ -453,6 +471,20 @@ mod tests {
             err.to_string().contains("server.concurrency_limit"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_redis_key_prefix_with_a_separator_or_space_names_its_key() {
+        for bad in ["", "a:b", "has space", &"x".repeat(65)] {
+            let err = Config::load_from(None, env(&[("CRM__REDIS__KEY_PREFIX", bad)])).unwrap_err();
+            assert!(
+                err.to_string().contains("redis.key_prefix"),
+                "{bad:?}: {err}"
+            );
+        }
+        let config =
+            Config::load_from(None, env(&[("CRM__REDIS__KEY_PREFIX", "staging-2")])).unwrap();
+        assert_eq!(config.redis.key_prefix, "staging-2");
     }
 
     #[test]

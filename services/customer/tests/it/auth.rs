@@ -1,8 +1,6 @@
 //! Bearer tokens and scopes on every business RPC; health and reflection stay open.
 
-mod common;
-
-use common::{JWT_SECRET, ada, spawn_app};
+use crate::common::{JWT_SECRET, ada, spawn_app};
 use crm_proto::crm::customer::v1 as pb;
 use tonic::Code;
 
@@ -114,5 +112,5 @@ fn base64_url(bytes: &[u8]) -> String {
 async fn health_needs_no_token() {
     let app = spawn_app().await;
 
-    assert_eq!(common::health_of(app.addr).await, 1);
+    assert_eq!(crate::common::health_of(app.addr).await, 1);
 }

@@ -1,10 +1,8 @@
 //! How the service behaves when its dependencies fail, and when it is told to stop.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     Outage, ada, config, fresh_database, health_of, postgres_addr, redis_url, spawn_with, via,
 };
 use crm_proto::crm::customer::v1 as pb;
@@ -149,7 +147,7 @@ async fn shutdown_lets_in_flight_calls_finish_before_the_server_stops() {
     );
 }
 
-async fn app_server(mut app: common::TestApp) {
+async fn app_server(mut app: crate::common::TestApp) {
     let handle = std::mem::replace(&mut app.server, tokio::spawn(async { Ok(()) }));
     handle.await.unwrap().unwrap();
 }

@@ -2,8 +2,6 @@
 //! port, talking to the real Redis. Without a reachable PostgreSQL or Redis the tests fail
 //! loudly instead of skipping.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +15,17 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// The longest a test waits for any one answer from a server before failing.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Awaits `future`, failing the test (instead of hanging the suite) after `CALL_TIMEOUT`: for
+/// stream reads and other awaits that a channel timeout does not cover.
+pub async fn within<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(CALL_TIMEOUT, future)
+        .await
+        .expect("no answer within the test's call timeout")
+}
 
 /// The admin URL of the test PostgreSQL server (a database on it that exists).
 pub fn admin_url() -> String {
@@ -54,8 +63,16 @@ pub async fn fresh_database() -> String {
     with_database(&admin_url(), &name)
 }
 
+/// A configuration for a test server. Its Redis keys and invalidation channel are prefixed with
+/// the test database's name: instances over the same database share a cache, as in production,
+/// and no other test's instances see their entries or have to acknowledge their invalidations.
 pub fn config(database_url: &str, redis_url: &str, extra: &[(&str, &str)]) -> Config {
+    let database_name = database_url.rsplit('/').next().unwrap_or("crm_test");
     let mut env = vec![
+        (
+            "CRM__REDIS__KEY_PREFIX".to_string(),
+            database_name.to_string(),
+        ),
         ("CRM__DATABASE__URL".to_string(), database_url.to_string()),
         ("CRM__REDIS__URL".to_string(), redis_url.to_string()),
         ("CRM__TELEMETRY__METRICS_ADDR".to_string(), String::new()),
@@ -95,21 +112,31 @@ impl TestApp {
             scopes,
             Duration::from_secs(600),
         );
-        Client {
-            inner: CustomerServiceClient::connect(format!("http://{}", self.addr))
-                .await
-                .expect("connecting to the test server"),
-            token: Some(token),
-        }
+        self.client_with_token(Some(token)).await
     }
 
     pub async fn anonymous_client(&self) -> Client {
+        self.client_with_token(None).await
+    }
+
+    /// A client that sends `token` (as is) on every call made through `Client::request`.
+    pub async fn client_with_token(&self, token: Option<String>) -> Client {
         Client {
-            inner: CustomerServiceClient::connect(format!("http://{}", self.addr))
-                .await
-                .expect("connecting"),
-            token: None,
+            inner: CustomerServiceClient::new(self.channel().await),
+            token,
         }
+    }
+
+    /// A channel to the server whose unary calls fail after `CALL_TIMEOUT` instead of hanging
+    /// the suite when the server never answers.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_timeout(CALL_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .connect()
+            .await
+            .expect("connecting to the test server")
     }
 
     pub async fn pool(&self) -> sqlx::PgPool {
@@ -304,54 +331,56 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A TCP proxy in front of PostgreSQL that a test can cut and restore, to play an outage.
+/// A TCP proxy in front of PostgreSQL that a test can cut and restore, to play an outage. It
+/// keeps its port for its whole life (no unbind and rebind another test could race): while cut,
+/// it drops every open connection and closes each new one as soon as it is accepted.
 pub struct Outage {
     pub addr: SocketAddr,
-    target: SocketAddr,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    up: Arc<tokio::sync::watch::Sender<bool>>,
+    accept: tokio::task::JoinHandle<()>,
 }
 
 impl Outage {
     pub async fn start(target: SocketAddr) -> Arc<Self> {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = socket.local_addr().unwrap();
-        drop(socket);
-        let proxy = Arc::new(Self {
-            addr,
-            target,
-            task: std::sync::Mutex::new(None),
-        });
-        proxy.restore();
-        proxy
-    }
-
-    /// Accepts connections again.
-    pub fn restore(&self) {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(self.addr).expect("rebinding the proxy port");
-        let listener = socket.listen(64).unwrap();
-        let target = self.target;
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(tokio::sync::watch::Sender::new(true));
+        let state = up.clone();
+        let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                if !*state.borrow() {
+                    continue; // dropped: the client sees its connection closed
+                }
+                let mut cut = state.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|up| !*up) => {}
                     }
                 });
             }
         });
-        *self.task.lock().unwrap() = Some(task);
+        Arc::new(Self { addr, up, accept })
     }
 
-    /// Drops every connection and refuses new ones.
+    /// Accepts and forwards connections again.
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+
+    /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
-        if let Some(task) = self.task.lock().unwrap().take() {
-            task.abort();
-        }
+        self.up.send_replace(false);
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.up.send_replace(false);
     }
 }
 
@@ -392,4 +421,41 @@ pub async fn health_of(addr: SocketAddr) -> i32 {
         .unwrap()
         .into_inner()
         .status
+}
+
+/// The `ErrorInfo` reason of a status ("" when it carries none).
+pub fn error_reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default()
+}
+
+/// Asserts a status's code and `ErrorInfo` reason, showing the whole status when they differ.
+#[track_caller]
+pub fn assert_error(status: &tonic::Status, code: tonic::Code, reason: &str) {
+    assert_eq!(
+        (status.code(), error_reason(status).as_str()),
+        (code, reason),
+        "{status:?}"
+    );
+}
+
+/// Asserts INVALID_ARGUMENT whose `BadRequest` names exactly `fields`.
+#[track_caller]
+pub fn assert_invalid(status: &tonic::Status, fields: &[&str]) {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_fields(status), fields, "{status:?}");
+}
+
+/// A consent decision on `channel` with a legal basis and source, as RecordConsent requires.
+pub fn consent(channel: pb::ConsentChannel, status: pb::ConsentStatus) -> pb::Consent {
+    pb::Consent {
+        channel: channel as i32,
+        status: status as i32,
+        legal_basis: pb::LegalBasis::Consent as i32,
+        source: "checkout-form".into(),
+        ..Default::default()
+    }
 }

@@ -1,0 +1,15 @@
+//! The customer service's integration tests: one binary (one link on a 2-core machine), a module
+//! per behaviour. Every test runs the real service against real PostgreSQL and Redis.
+
+mod auth;
+mod bulk;
+mod common;
+mod consents;
+mod customers;
+mod feed;
+mod gdpr;
+mod interactions;
+mod listing;
+mod merge;
+mod resilience;
+mod search;
