@@ -87,12 +87,53 @@ fn a_bad_config_value_exits_64_naming_the_key() {
 }
 
 #[test]
-fn token_prints_the_jwt_on_its_last_line() {
-    let output = crm().arg("token").output().unwrap();
+fn token_prints_a_jwt_on_its_last_line_that_the_server_accepts_for_every_customer_method() {
+    let output = crm().args(["token", "--subject", "ops"]).output().unwrap();
 
+    assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8(output.stdout).unwrap();
-    let last = stdout.lines().last().unwrap();
-    assert_eq!(last.split('.').count(), 3, "{last}");
+    let token = stdout.lines().last().unwrap();
+    let policy = crm_platform::auth::AuthPolicy::new(
+        SECRET,
+        "crm-suite",
+        "crm-suite",
+        &[crm_customer::SCOPES],
+    );
+    for (method, _) in crm_customer::SCOPES {
+        let principal = policy
+            .authorize(method, Some(&format!("Bearer {token}")))
+            .unwrap_or_else(|status| panic!("{method}: {status:?}"))
+            .expect("a business method has a principal");
+        assert_eq!(principal.subject, "ops");
+    }
+}
+
+#[test]
+fn token_with_named_scopes_grants_only_those() {
+    let output = crm()
+        .args(["token", "--scopes", "customer.read"])
+        .output()
+        .unwrap();
+
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let header = format!("Bearer {}", stdout.lines().last().unwrap());
+    let policy = crm_platform::auth::AuthPolicy::new(
+        SECRET,
+        "crm-suite",
+        "crm-suite",
+        &[crm_customer::SCOPES],
+    );
+    let read = policy.authorize(
+        "/crm.customer.v1.CustomerService/GetCustomer",
+        Some(&header),
+    );
+    let write = policy.authorize(
+        "/crm.customer.v1.CustomerService/CreateCustomer",
+        Some(&header),
+    );
+    assert!(read.is_ok(), "{read:?}");
+    assert_eq!(write.unwrap_err().code(), tonic::Code::PermissionDenied);
 }
 
 #[test]
