@@ -664,6 +664,9 @@ impl CustomerApi {
             customer_id: String::new(),
             errors,
         };
+        if row.row_ref.chars().count() > 100 {
+            return reject(vec!["row_ref: must be at most 100 characters".into()]);
+        }
         let Some(customer) = &row.customer else {
             return reject(vec!["customer: is required".into()]);
         };
