@@ -1,36 +1,79 @@
 //! How the service behaves when its dependencies fail, and when it is told to stop.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::common::{
-    Outage, ada, config, fresh_database, health_of, postgres_addr, redis_url, spawn_with, via,
+    Client, Outage, ada, assert_error, config, fresh_database, health_of, postgres_addr, redis_url,
+    spawn_with, via, within,
 };
 use crm_proto::crm::customer::v1 as pb;
 use futures::StreamExt;
+use tokio::time::Instant;
 use tonic::Code;
+use tonic::transport::Channel;
 
 const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
 
+/// How long a test waits for a condition that the service reaches by itself within a few
+/// seconds (readiness is re-checked every second, a pooled connection is awaited for at most a
+/// second, Redis reconnects are tried once a second).
+const CONDITION_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How often a waiting test looks again.
+const POLL: Duration = Duration::from_millis(50);
+
 #[tokio::test]
-async fn calls_succeed_from_postgres_while_redis_is_unreachable() {
+async fn calls_answer_correct_data_from_postgres_while_redis_is_unreachable_from_the_start() {
     let url = fresh_database().await;
     // Nothing listens on port 1: every Redis command fails.
     let app = spawn_with(config(&url, "redis://127.0.0.1:1", &[])).await;
     let client = app.client().await;
-
     let created = client.create(ada()).await.unwrap();
-    let first = client.get(&created.id).await.unwrap();
-    let second = client.get(&created.id).await.unwrap();
+    let before_update = client.get(&created.id).await.unwrap();
 
-    assert_eq!(
-        (first.id.as_str(), second.id.as_str()),
-        (created.id.as_str(), created.id.as_str())
-    );
+    let mut changed = before_update.clone();
+    changed.display_name = "Ada King".into();
+    let updated = client.update(changed, &["display_name"]).await.unwrap();
+    let after_update = client.get(&updated.id).await.unwrap();
+
+    assert_eq!(before_update, created);
+    assert_eq!(updated.display_name, "Ada King");
+    assert_eq!(after_update, updated);
 }
 
 #[tokio::test]
-async fn postgres_outage_is_unavailable_and_the_service_recovers_by_itself() {
+async fn calls_keep_answering_correct_data_from_postgres_when_redis_goes_away() {
+    let url = fresh_database().await;
+    let proxy = Outage::start(redis_addr()).await;
+    let app = spawn_with(config(&url, &format!("redis://{}", proxy.addr), &[])).await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+    client.get(&created.id).await.unwrap(); // cached in both tiers
+
+    proxy.cut();
+    let mut changed = created.clone();
+    changed.display_name = "Ada King".into();
+    let updated = client.update(changed, &["display_name"]).await.unwrap();
+    let after_update = client.get(&created.id).await.unwrap();
+    let new = client.create(ada()).await.unwrap();
+    let new_read_back = client.get(&new.id).await.unwrap();
+
+    assert_eq!(updated.display_name, "Ada King");
+    assert_eq!(after_update, updated);
+    assert_eq!(new_read_back, new);
+    let stored: String =
+        sqlx::query_scalar("SELECT display_name FROM customer.customers WHERE id = $1::uuid")
+            .bind(&created.id)
+            .fetch_one(&app.pool().await)
+            .await
+            .unwrap();
+    assert_eq!(stored, "Ada King");
+}
+
+#[tokio::test]
+async fn postgres_outage_is_unavailable_with_retry_info_and_the_service_recovers_by_itself() {
     let url = fresh_database().await;
     let proxy = Outage::start(postgres_addr()).await;
     let app = spawn_with(config(&via(&url, proxy.addr), &redis_url(), &[])).await;
@@ -38,45 +81,50 @@ async fn postgres_outage_is_unavailable_and_the_service_recovers_by_itself() {
     client.create(ada()).await.unwrap();
 
     proxy.cut();
-    let status = client.create(ada()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let mut saw_not_serving = false;
-    for _ in 0..50 {
-        if health_of(app.addr).await == NOT_SERVING {
-            saw_not_serving = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        saw_not_serving,
-        "health should turn NOT_SERVING while PostgreSQL is gone"
+    let lost = ada();
+    let status = client.create(lost.clone()).await.unwrap_err();
+
+    assert_error(&status, Code::Unavailable, "DEPENDENCY_UNAVAILABLE");
+    let retry = tonic_types::StatusExt::get_details_retry_info(&status)
+        .expect("UNAVAILABLE carries RetryInfo");
+    assert_eq!(
+        retry.retry_delay,
+        Some(Duration::from_secs(1)),
+        "{status:?}"
     );
+    wait_for(
+        "health to turn NOT_SERVING while PostgreSQL is gone",
+        || async { health_of(app.addr).await == NOT_SERVING },
+    )
+    .await;
 
     proxy.restore();
-    let mut recovered = false;
-    for _ in 0..100 {
-        if client.create(ada()).await.is_ok() && health_of(app.addr).await == SERVING {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        recovered,
-        "the service should recover when PostgreSQL returns"
-    );
+    wait_for("the service to recover when PostgreSQL returns", || async {
+        client.create(ada()).await.is_ok() && health_of(app.addr).await == SERVING
+    })
+    .await;
+    let lost_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM customer.customers WHERE email = $1")
+            .bind(&lost.email)
+            .fetch_one(&app.pool().await)
+            .await
+            .unwrap();
+    assert_eq!(lost_rows, 0, "the refused create wrote nothing");
 }
 
 #[tokio::test]
 async fn two_instances_sharing_redis_never_serve_a_stale_read_after_a_write() {
     let url = fresh_database().await;
-    let a = spawn_with(config(&url, &redis_url(), &[])).await;
-    let b = spawn_with(config(&url, &redis_url(), &[])).await;
+    // A generous bound on waiting for the other instance's acknowledgement, so a slow, shared
+    // CI machine does not turn a late acknowledgement into a stale read.
+    let settings = [("CRM__REDIS__TIMEOUT_MS", "2000")];
+    let a = spawn_with(config(&url, &redis_url(), &settings)).await;
+    let b = spawn_with(config(&url, &redis_url(), &settings)).await;
     let (writer, reader) = (a.client().await, b.client().await);
+    let tiers = InProcessProbe::new(&url, a.pool().await).await;
+    tiers.wait_until_live(&writer).await;
+    tiers.wait_until_live(&reader).await;
     let mut customer = writer.create(ada()).await.unwrap();
-    // Wait until both in-process tiers are live, so the test exercises them.
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     for round in 0..30 {
         reader.get(&customer.id).await.unwrap(); // B caches the current version
@@ -94,15 +142,21 @@ async fn two_instances_sharing_redis_never_serve_a_stale_read_after_a_write() {
         );
         assert_eq!(seen.etag, customer.etag);
     }
+    assert!(
+        tiers.serves_from_process(&reader).await,
+        "the reader's in-process tier was still in use at the end"
+    );
 }
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_calls_finish_before_the_server_stops() {
     let url = fresh_database().await;
-    let app = spawn_with(config(
+    // A grace far longer than the test waits: the server has to stop because the in-flight
+    // call ended, not because the drain bound ran out (`serve` returns Ok either way).
+    let mut app = spawn_with(config(
         &url,
         &redis_url(),
-        &[("CRM__SERVER__SHUTDOWN_GRACE_SECS", "10")],
+        &[("CRM__SERVER__SHUTDOWN_GRACE_SECS", "120")],
     ))
     .await;
     let client = app.client().await;
@@ -115,39 +169,158 @@ async fn shutdown_lets_in_flight_calls_finish_before_the_server_stops() {
         .await
         .unwrap()
         .into_inner();
-    rows_tx
-        .send(pb::ImportCustomersRequest {
-            row_ref: "before".into(),
-            customer: Some(ada()),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(import.next().await.unwrap().unwrap().row_ref, "before");
+    rows_tx.send(import_row("before")).await.unwrap();
+    let first = within(import.next()).await.unwrap().unwrap();
+    assert_eq!(first.row_ref, "before");
 
-    // What SIGTERM does: cancel the shutdown token.
+    // What SIGTERM does: cancel the shutdown token, then wait until the server shows it is
+    // shutting down (NOT_SERVING, or no longer accepting connections).
     app.shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    rows_tx
-        .send(pb::ImportCustomersRequest {
-            row_ref: "during".into(),
-            customer: Some(ada()),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    wait_for(
+        "the server to stop serving after the shutdown signal",
+        || async { !still_serving(app.addr).await },
+    )
+    .await;
+    let during = import_row("during");
+    let during_email = during.customer.as_ref().unwrap().email.clone();
+    rows_tx.send(during).await.unwrap();
     drop(rows_tx);
+    let rest: Vec<String> = within(import.map(|r| r.unwrap().row_ref).collect()).await;
+    let server = std::mem::replace(&mut app.server, tokio::spawn(async { Ok(()) }));
+    let stopped = within(server).await;
 
-    let rest: Vec<_> = import.map(|r| r.unwrap().row_ref).collect().await;
     assert_eq!(rest, ["during"], "the in-flight call finished its work");
-    let stopped = tokio::time::timeout(Duration::from_secs(10), app_server(app)).await;
-    assert!(
-        stopped.is_ok(),
-        "the server stops once in-flight calls are done"
-    );
+    stopped
+        .expect("the server task did not panic")
+        .expect("the server stopped cleanly");
+    let imported: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM customer.customers WHERE email = $1")
+            .bind(&during_email)
+            .fetch_one(&app.pool().await)
+            .await
+            .unwrap();
+    assert_eq!(imported, 1, "the row sent during the drain was stored");
 }
 
-async fn app_server(mut app: crate::common::TestApp) {
-    let handle = std::mem::replace(&mut app.server, tokio::spawn(async { Ok(()) }));
-    handle.await.unwrap().unwrap();
+fn import_row(row_ref: &str) -> pb::ImportCustomersRequest {
+    pb::ImportCustomersRequest {
+        row_ref: row_ref.into(),
+        customer: Some(ada()),
+        request_id: String::new(),
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after `CONDITION_DEADLINE`.
+async fn wait_for<F, Fut>(what: &str, condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + CONDITION_DEADLINE;
+    loop {
+        if within(condition()).await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {CONDITION_DEADLINE:?} for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Whether the server at `addr` accepts a connection and reports itself SERVING overall.
+async fn still_serving(addr: SocketAddr) -> bool {
+    let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    matches!(status, Ok(response) if response.get_ref().status == SERVING)
+}
+
+/// The host:port of `REDIS_URL`, for a proxy to forward to.
+fn redis_addr() -> SocketAddr {
+    let url = redis_url();
+    let host_port = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .replace("localhost", "127.0.0.1");
+    host_port
+        .parse()
+        .expect("REDIS_URL host must be an IP:port for the outage tests")
+}
+
+/// Shows from outside whether an instance answers from its in-process tier: it reads a
+/// customer (filling its tiers), the row then changes in PostgreSQL behind the service's back
+/// and its Redis entry is deleted, and it reads again. Only the in-process tier can still hold
+/// the first answer. Each probe uses a customer of its own, left stale in that instance.
+struct InProcessProbe {
+    pool: sqlx::PgPool,
+    redis: redis::aio::MultiplexedConnection,
+    key_prefix: String,
+}
+
+impl InProcessProbe {
+    async fn new(database_url: &str, pool: sqlx::PgPool) -> Self {
+        let redis = redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connecting to Redis");
+        // As `common::config` sets `redis.key_prefix`; the service's keys are
+        // `<prefix>:customer:customer:<id>`.
+        let database = database_url.rsplit('/').next().unwrap();
+        Self {
+            pool,
+            redis,
+            key_prefix: format!("{database}:customer:customer"),
+        }
+    }
+
+    /// Waits until the instance behind `client` answers from its in-process tier.
+    async fn wait_until_live(&self, client: &Client) {
+        wait_for("an instance's in-process cache tier to be live", || {
+            self.serves_from_process(client)
+        })
+        .await;
+    }
+
+    async fn serves_from_process(&self, client: &Client) -> bool {
+        let probe = client.create(ada()).await.unwrap();
+        let first = client.get(&probe.id).await.unwrap();
+        sqlx::query(
+            "UPDATE customer.customers SET display_name = 'changed behind the cache', \
+             version = version + 1 WHERE id = $1::uuid",
+        )
+        .bind(&probe.id)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        let deleted: i64 = redis::cmd("DEL")
+            .arg(format!("{}:{}", self.key_prefix, probe.id))
+            .query_async(&mut self.redis.clone())
+            .await
+            .unwrap();
+        // Without this the probe would pass on a Redis hit, not only an in-process one.
+        assert_eq!(
+            deleted, 1,
+            "the probe's Redis entry is named as the service names it"
+        );
+        let second = client.get(&probe.id).await.unwrap();
+        second.display_name == first.display_name
+    }
 }
