@@ -653,11 +653,15 @@ impl CustomerApi {
         Ok(customers.pop().expect("the erased customer"))
     }
 
+    /// Imports one row. A row the caller got wrong is answered REJECTED and the import goes on;
+    /// a database that is unreachable ends the whole stream with UNAVAILABLE, as the contract
+    /// says, so the caller re-sends from the first unanswered row instead of seeing every later
+    /// row rejected.
     async fn import_row(
         &self,
         row: pb::ImportCustomersRequest,
         actor: &str,
-    ) -> pb::ImportCustomersResponse {
+    ) -> Result<pb::ImportCustomersResponse, Status> {
         let reject = |errors: Vec<String>| pb::ImportCustomersResponse {
             row_ref: row.row_ref.clone(),
             outcome: pb::ImportRowOutcome::Rejected as i32,
@@ -665,27 +669,29 @@ impl CustomerApi {
             errors,
         };
         if row.row_ref.chars().count() > 100 {
-            return reject(vec!["row_ref: must be at most 100 characters".into()]);
+            return Ok(reject(vec![
+                "row_ref: must be at most 100 characters".into(),
+            ]));
         }
         let Some(customer) = &row.customer else {
-            return reject(vec!["customer: is required".into()]);
+            return Ok(reject(vec!["customer: is required".into()]));
         };
         let fields = match CustomerFields::from_proto(customer, "customer") {
             Ok(fields) => fields,
             Err(v) => {
-                return reject(
+                return Ok(reject(
                     v.iter()
                         .map(|v| format!("{}: {}", v.field, v.description))
                         .collect(),
-                );
+                ));
             }
         };
         if let Err(e) = idempotency::validate_request_id("request_id", &row.request_id) {
-            return reject(vec![e.to_string()]);
+            return Ok(reject(vec![e.to_string()]));
         }
         let hash = idempotency::request_hash(&customer.encode_to_vec());
         match self.create(&fields, &row.request_id, &hash, actor).await {
-            Ok((response, created)) => pb::ImportCustomersResponse {
+            Ok((response, created)) => Ok(pb::ImportCustomersResponse {
                 row_ref: row.row_ref.clone(),
                 outcome: if created {
                     pb::ImportRowOutcome::Created
@@ -694,16 +700,30 @@ impl CustomerApi {
                 } as i32,
                 customer_id: response.customer.map(|c| c.id).unwrap_or_default(),
                 errors: Vec::new(),
-            },
-            Err(err) => {
-                let api = ApiError::from(err);
-                if matches!(api, ApiError::Unavailable(_) | ApiError::Internal(_)) {
-                    tracing::warn!(error = %api, "import row failed");
-                    reject(vec!["the row could not be stored; retry it".into()])
-                } else {
-                    reject(vec![Status::from(api).message().to_string()])
+            }),
+            Err(err) => match ApiError::from(err) {
+                ApiError::Unavailable(cause) => Err(ApiError::Unavailable(cause).into()),
+                ApiError::Internal(cause) => {
+                    tracing::warn!(error = %cause, "import row failed");
+                    Ok(reject(vec!["the row could not be stored; retry it".into()]))
                 }
-            }
+                api => {
+                    // Name the field the conflict is about, as validation errors do.
+                    let field = match &api {
+                        ApiError::AlreadyExists {
+                            reason: "EMAIL_ALREADY_EXISTS",
+                            ..
+                        } => "customer.email: ",
+                        ApiError::AlreadyExists {
+                            reason: "REQUEST_ID_REUSED",
+                            ..
+                        } => "request_id: ",
+                        _ => "",
+                    };
+                    let message = Status::from(api).message().to_string();
+                    Ok(reject(vec![format!("{field}{message}")]))
+                }
+            },
         }
     }
 }
@@ -1304,7 +1324,7 @@ impl CustomerService for CustomerApi {
         tokio::spawn(async move {
             while let Some(row) = rows.next().await {
                 let result = match row {
-                    Ok(row) => Ok(api.import_row(row, &actor).await),
+                    Ok(row) => api.import_row(row, &actor).await,
                     Err(status) => Err(status),
                 };
                 let failed = result.is_err();
