@@ -1,32 +1,198 @@
 //! EraseCustomer and ExportCustomerData.
 
-use crate::common::{ada, consent, spawn_app};
+use crate::common::{Client, ada, assert_error, assert_invalid, consent, spawn_app};
+use crm_proto::crm::common::v1::PostalAddress;
 use crm_proto::crm::customer::v1 as pb;
+use tonic::Code;
+use uuid::Uuid;
+
+async fn erase(client: &Client, id: &str, reason: &str) -> Result<pb::Customer, tonic::Status> {
+    Ok(client
+        .inner
+        .clone()
+        .erase_customer(client.request(pb::EraseCustomerRequest {
+            id: id.into(),
+            reason: reason.into(),
+        }))
+        .await?
+        .into_inner()
+        .customer
+        .unwrap())
+}
+
+async fn export(
+    client: &Client,
+    id: &str,
+) -> Result<pb::ExportCustomerDataResponse, tonic::Status> {
+    Ok(client
+        .inner
+        .clone()
+        .export_customer_data(client.request(pb::ExportCustomerDataRequest { id: id.into() }))
+        .await?
+        .into_inner())
+}
+
+async fn record_consent(
+    client: &Client,
+    customer_id: &str,
+    channel: pb::ConsentChannel,
+    status: pb::ConsentStatus,
+) {
+    let customer = client
+        .inner
+        .clone()
+        .record_consent(client.request(pb::RecordConsentRequest {
+            customer_id: customer_id.into(),
+            consent: Some(consent(channel, status)),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    assert!(
+        customer
+            .consents
+            .iter()
+            .any(|c| c.channel == channel as i32 && c.status == status as i32),
+        "{customer:?}"
+    );
+}
+
+/// Records an interaction `hours_ago` hours in the past.
+async fn record_interaction(
+    client: &Client,
+    customer_id: &str,
+    subject: &str,
+    hours_ago: i64,
+) -> pb::Interaction {
+    let interaction = client
+        .inner
+        .clone()
+        .create_interaction(client.request(pb::CreateInteractionRequest {
+            interaction: Some(pb::Interaction {
+                customer_id: customer_id.into(),
+                r#type: pb::InteractionType::Meeting as i32,
+                subject: subject.into(),
+                body: format!("notes of {subject}"),
+                owner_id: "owner-7".into(),
+                occur_time: Some(prost_types::Timestamp {
+                    seconds: seconds_since_epoch() - hours_ago * 3600,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .interaction
+        .unwrap();
+    assert_eq!(interaction.subject, subject);
+    interaction
+}
+
+fn seconds_since_epoch() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A customer with every personal field set.
+fn ada_in_full() -> pb::Customer {
+    pb::Customer {
+        given_name: "Augusta Ada".into(),
+        family_name: "King".into(),
+        company_name: "Analytical Engines".into(),
+        owner_id: "owner-7".into(),
+        source: "web-signup".into(),
+        attributes: [(
+            "tier".to_string(),
+            pb::AttributeValue {
+                kind: Some(pb::attribute_value::Kind::StringValue("gold".into())),
+            },
+        )]
+        .into(),
+        contact_points: vec![pb::ContactPoint {
+            r#type: pb::ContactPointType::Email as i32,
+            value: "countess@example.org".into(),
+            label: "private".into(),
+        }],
+        addresses: vec![pb::CustomerAddress {
+            label: "home".into(),
+            address: Some(PostalAddress {
+                region_code: "GB".into(),
+                locality: "Ockham".into(),
+                address_lines: vec!["Ockham Park".into()],
+                ..Default::default()
+            }),
+        }],
+        ..ada()
+    }
+}
+
+async fn merge(client: &Client, survivor_id: &str, duplicate_id: &str) -> pb::MergeRecord {
+    client
+        .inner
+        .clone()
+        .merge_customers(client.request(pb::MergeCustomersRequest {
+            survivor_id: survivor_id.into(),
+            duplicate_ids: vec![duplicate_id.into()],
+            request_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .merge_record
+        .unwrap()
+}
 
 #[tokio::test]
 async fn erase_removes_personal_data_but_keeps_a_tombstone() {
     let app = spawn_app().await;
     let client = app.client().await;
-    let created = client.create(ada()).await.unwrap();
+    let created = client.create(ada_in_full()).await.unwrap();
+    record_consent(
+        &client,
+        &created.id,
+        pb::ConsentChannel::Sms,
+        pb::ConsentStatus::Granted,
+    )
+    .await;
     client.get(&created.id).await.unwrap(); // warm the caches
 
-    client
-        .inner
-        .clone()
-        .erase_customer(client.request(pb::EraseCustomerRequest {
-            id: created.id.clone(),
-            reason: "ticket 42".into(),
-        }))
-        .await
-        .unwrap();
+    let tombstone = erase(&client, &created.id, "ticket 42").await.unwrap();
 
-    let tombstone = client.get(&created.id).await.unwrap();
+    assert_eq!(tombstone.id, created.id);
     assert_eq!(tombstone.state, pb::CustomerState::Erased as i32);
-    assert!(
-        tombstone.display_name.is_empty()
-            && tombstone.email.is_empty()
-            && tombstone.phone.is_empty()
+    let audit = tombstone.audit.clone().unwrap();
+    assert_eq!(
+        audit.create_time,
+        created.audit.as_ref().unwrap().create_time
     );
+    assert_eq!(
+        (audit.created_by.as_str(), audit.updated_by.as_str()),
+        ("test", "test")
+    );
+    let personal = (
+        tombstone.display_name.as_str(),
+        tombstone.given_name.as_str(),
+        tombstone.family_name.as_str(),
+        tombstone.email.as_str(),
+        tombstone.phone.as_str(),
+        tombstone.company_name.as_str(),
+        tombstone.owner_id.as_str(),
+        tombstone.source.as_str(),
+    );
+    assert_eq!(personal, ("", "", "", "", "", "", "", ""), "{tombstone:?}");
+    assert!(tombstone.tags.is_empty(), "{tombstone:?}");
+    assert!(tombstone.attributes.is_empty(), "{tombstone:?}");
+    assert!(tombstone.contact_points.is_empty(), "{tombstone:?}");
+    assert!(tombstone.addresses.is_empty(), "{tombstone:?}");
+    assert!(tombstone.consents.is_empty(), "{tombstone:?}");
+    assert_eq!(client.get(&created.id).await.unwrap(), tombstone);
     let pool = app.pool().await;
     let leftovers: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM customer.customers WHERE email = $1 OR search_text LIKE '%lovelace%'",
@@ -44,41 +210,266 @@ async fn erase_removes_personal_data_but_keeps_a_tombstone() {
 }
 
 #[tokio::test]
+async fn erase_deletes_the_consent_history_and_interaction_contents_from_the_database() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+    let bystander = client.create(ada()).await.unwrap();
+    for id in [&created.id, &bystander.id] {
+        record_consent(
+            &client,
+            id,
+            pb::ConsentChannel::Email,
+            pb::ConsentStatus::Granted,
+        )
+        .await;
+        record_consent(
+            &client,
+            id,
+            pb::ConsentChannel::Email,
+            pb::ConsentStatus::Withdrawn,
+        )
+        .await;
+    }
+    record_interaction(&client, &created.id, "kick-off", 2).await;
+    record_interaction(&client, &bystander.id, "bystander call", 2).await;
+
+    erase(&client, &created.id, "ticket 42").await.unwrap();
+
+    let pool = app.pool().await;
+    let consents: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT customer_id, count(*) FROM customer.consents GROUP BY customer_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(consents, [(bystander.id.parse().unwrap(), 2)]);
+    let contents = |customer_id: &str| {
+        sqlx::query_as::<_, (String, String, String)>(
+            "SELECT subject, body, owner_id FROM customer.interactions WHERE customer_id = $1",
+        )
+        .bind(Uuid::parse_str(customer_id).unwrap())
+        .fetch_all(&pool)
+    };
+    for (subject, body, owner_id) in contents(&created.id).await.unwrap() {
+        assert!(
+            !subject.contains("kick-off") && !body.contains("kick-off") && owner_id.is_empty(),
+            "an erased interaction keeps its contents: {subject:?} {body:?} {owner_id:?}"
+        );
+    }
+    assert_eq!(
+        contents(&bystander.id).await.unwrap(),
+        [(
+            "bystander call".to_string(),
+            "notes of bystander call".to_string(),
+            "owner-7".to_string()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn an_erased_customer_is_absent_from_list_and_search() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let mut erased = ada();
+    erased.company_name = "Babbage Works".into();
+    let erased = client.create(erased).await.unwrap();
+    let mut kept = ada();
+    kept.company_name = "Babbage Works".into();
+    let kept = client.create(kept).await.unwrap();
+    // Seen by List and Search before the erase, so a stale cache or index would show.
+    assert_eq!(
+        client
+            .list(Default::default())
+            .await
+            .unwrap()
+            .customers
+            .len(),
+        2
+    );
+
+    erase(&client, &erased.id, "ticket 42").await.unwrap();
+
+    let listed: Vec<String> = client
+        .list(Default::default())
+        .await
+        .unwrap()
+        .customers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&kept.id));
+    let found: Vec<String> = client
+        .inner
+        .clone()
+        .search_customers(client.request(pb::SearchCustomersRequest {
+            query: "babbage".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| r.customer.unwrap().id)
+        .collect();
+    assert_eq!(found, [kept.id]);
+}
+
+#[tokio::test]
+async fn erasing_twice_returns_the_same_tombstone() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+    let first = erase(&client, &created.id, "ticket 42").await.unwrap();
+
+    let second = erase(&client, &created.id, "ticket 43").await.unwrap();
+
+    assert_eq!(second, first);
+    assert_eq!(second.state, pb::CustomerState::Erased as i32);
+}
+
+#[tokio::test]
+async fn erasing_a_survivor_erases_the_records_merged_into_it() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let survivor = client.create(ada()).await.unwrap();
+    let mut dup = ada();
+    dup.display_name = "Augusta Ada King".into();
+    let dup = client.create(dup).await.unwrap();
+    let record = merge(&client, &survivor.id, &dup.id).await;
+    assert_eq!(record.merged_ids, std::slice::from_ref(&dup.id));
+
+    erase(&client, &survivor.id, "ticket 42").await.unwrap();
+
+    let stored: (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT state, display_name, email FROM customer.customers WHERE id = $1")
+            .bind(Uuid::parse_str(&dup.id).unwrap())
+            .fetch_one(&app.pool().await)
+            .await
+            .unwrap();
+    assert_eq!(stored, ("ERASED".to_string(), None, None));
+    let via_dup = client.get(&dup.id).await.unwrap();
+    assert_eq!(via_dup.state, pb::CustomerState::Erased as i32);
+    assert_eq!(
+        (via_dup.display_name.as_str(), via_dup.email.as_str()),
+        ("", "")
+    );
+}
+
+#[tokio::test]
+async fn an_empty_or_overlong_erase_reason_is_invalid_and_erases_nothing() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+
+    for (case, reason) in [
+        ("empty", String::new()),
+        ("blank", "   ".to_string()),
+        ("201 characters", "r".repeat(201)),
+    ] {
+        let status = erase(&client, &created.id, &reason).await.expect_err(case);
+
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert_invalid(&status, &["reason"]);
+    }
+    assert_eq!(client.get(&created.id).await.unwrap(), created);
+}
+
+#[tokio::test]
+async fn erasing_a_malformed_or_unknown_id_is_invalid_or_not_found() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+
+    let malformed = erase(&client, "nope", "ticket 42").await.unwrap_err();
+    let missing = erase(&client, &Uuid::now_v7().to_string(), "ticket 42")
+        .await
+        .unwrap_err();
+
+    assert_invalid(&malformed, &["id"]);
+    assert_error(&missing, Code::NotFound, "CUSTOMER_NOT_FOUND");
+}
+
+#[tokio::test]
 async fn the_gdpr_export_holds_everything_about_the_customer() {
     let app = spawn_app().await;
     let client = app.client().await;
     let created = client.create(ada()).await.unwrap();
-    let mut inner = client.inner.clone();
-    inner
-        .record_consent(client.request(pb::RecordConsentRequest {
-            customer_id: created.id.clone(),
-            consent: Some(consent(pb::ConsentChannel::Sms, pb::ConsentStatus::Granted)),
-        }))
-        .await
-        .unwrap();
-    inner
-        .create_interaction(client.request(pb::CreateInteractionRequest {
-            interaction: Some(pb::Interaction {
-                customer_id: created.id.clone(),
-                r#type: pb::InteractionType::Meeting as i32,
-                subject: "kick-off".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap();
+    let dup = client.create(ada()).await.unwrap();
+    record_consent(
+        &client,
+        &created.id,
+        pb::ConsentChannel::Email,
+        pb::ConsentStatus::Granted,
+    )
+    .await;
+    record_consent(
+        &client,
+        &created.id,
+        pb::ConsentChannel::Email,
+        pb::ConsentStatus::Withdrawn,
+    )
+    .await;
+    let older = record_interaction(&client, &created.id, "kick-off", 5).await;
+    let newer = record_interaction(&client, &created.id, "follow-up", 1).await;
+    let record = merge(&client, &created.id, &dup.id).await;
 
-    let export = inner
-        .export_customer_data(client.request(pb::ExportCustomerDataRequest {
-            id: created.id.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let before = seconds_since_epoch();
+    let export = export(&client, &created.id).await.unwrap();
+    let after = seconds_since_epoch();
 
-    assert_eq!(export.customer.unwrap().email, created.email);
-    assert_eq!(export.consent_history.len(), 1);
-    assert_eq!(export.interactions[0].subject, "kick-off");
-    assert!(export.export_time.is_some());
+    assert_eq!(
+        export.customer,
+        Some(client.get(&created.id).await.unwrap())
+    );
+    let statuses: Vec<i32> = export.consent_history.iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            pb::ConsentStatus::Withdrawn as i32,
+            pb::ConsentStatus::Granted as i32
+        ],
+        "newest first"
+    );
+    assert_eq!(export.interactions, [newer, older], "newest first");
+    assert_eq!(export.merge_records, [record]);
+    let export_time = export.export_time.unwrap().seconds;
+    assert!(
+        (before - 1..=after + 1).contains(&export_time),
+        "export_time {export_time} is not within [{before}, {after}]"
+    );
+}
+
+#[tokio::test]
+async fn exporting_a_malformed_or_unknown_id_is_invalid_or_not_found() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+
+    let malformed = export(&client, "nope").await.unwrap_err();
+    let missing = export(&client, &Uuid::now_v7().to_string())
+        .await
+        .unwrap_err();
+
+    assert_invalid(&malformed, &["id"]);
+    assert_error(&missing, Code::NotFound, "CUSTOMER_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn gdpr_calls_without_the_gdpr_scope_are_permission_denied() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+    let without_gdpr = app
+        .client_with_scopes(&["customer.read", "customer.write"])
+        .await;
+
+    let exported = export(&without_gdpr, &created.id).await.unwrap_err();
+    let erased = erase(&without_gdpr, &created.id, "ticket 42")
+        .await
+        .unwrap_err();
+
+    for status in [exported, erased] {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("customer.gdpr"), "{status:?}");
+    }
+    assert_eq!(client.get(&created.id).await.unwrap(), created);
 }
