@@ -618,33 +618,52 @@ pub async fn duplicate_candidates(
     me: &CustomerRow,
     limit: i64,
 ) -> Result<Vec<DuplicateRow>> {
+    // "Same email" / "same phone" compare both ways: their primary address against any of mine
+    // (primary or contact point), and my primary address against their contact points. Primary
+    // emails are unique among active customers, so primary against primary alone never matches.
+    let (mut my_emails, mut my_phones): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    my_emails.extend(me.email.clone());
+    my_phones.extend(me.phone.clone());
+    for point in &me.contact_points.0 {
+        match point.kind.as_str() {
+            "EMAIL" => my_emails.push(point.value.to_lowercase()),
+            "PHONE" => my_phones.push(point.value.clone()),
+            _ => {}
+        }
+    }
+    let same_email = "(c.email = ANY($2) OR c.contact_points @> \
+                      jsonb_build_array(jsonb_build_object('value', $7::text)))";
+    let same_phone = "(c.phone = ANY($3) OR c.contact_points @> \
+                      jsonb_build_array(jsonb_build_object('value', $8::text)))";
     let sql = format!(
         "SELECT * FROM ( \
                        SELECT {CUSTOMER_COLUMNS}, \
                          greatest( \
-                           CASE WHEN c.email = $2 OR c.contact_points @> jsonb_build_array(jsonb_build_object('value', $2::text)) THEN 1.0 ELSE 0 END, \
-                           CASE WHEN c.phone = $3 THEN 0.9 ELSE 0 END, \
+                           CASE WHEN {same_email} THEN 1.0 ELSE 0 END, \
+                           CASE WHEN {same_phone} THEN 0.9 ELSE 0 END, \
                            similarity(lower(c.display_name), lower($4)) \
                              * CASE WHEN coalesce(c.company_name, '') = coalesce($5, '') THEN 1.0 ELSE 0.8 END \
                          )::float8 AS score, \
                          array_remove(ARRAY[ \
-                           CASE WHEN c.email = $2 THEN 'same email' END, \
-                           CASE WHEN c.phone = $3 THEN 'same phone' END, \
+                           CASE WHEN {same_email} THEN 'same email' END, \
+                           CASE WHEN {same_phone} THEN 'same phone' END, \
                            CASE WHEN similarity(lower(c.display_name), lower($4)) >= 0.4 \
                              THEN 'similar name (' || round(similarity(lower(c.display_name), lower($4))::numeric, 2) || ')' END \
                          ], NULL) AS reasons \
                        FROM customer.customers c \
                        WHERE c.state = 'ACTIVE' AND c.id <> $1 \
-                         AND (c.email = $2 OR c.phone = $3 OR lower(c.display_name) % lower($4)) \
+                         AND ({same_email} OR {same_phone} OR lower(c.display_name) % lower($4)) \
                      ) c WHERE c.score >= 0.4 ORDER BY c.score DESC, c.id LIMIT $6"
     );
     Ok(sqlx::query_as(&sql)
         .bind(me.id)
-        .bind(&me.email)
-        .bind(&me.phone)
+        .bind(&my_emails)
+        .bind(&my_phones)
         .bind(me.display_name.clone().unwrap_or_default())
         .bind(&me.company_name)
         .bind(limit)
+        .bind(&me.email)
+        .bind(&me.phone)
         .fetch_all(conn)
         .await?)
 }

@@ -422,6 +422,49 @@ async fn duplicates_are_proposed_with_their_reasons() {
 }
 
 #[tokio::test]
+async fn a_customer_with_my_email_as_a_contact_point_is_proposed_as_the_same_email() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let original = client.create(named("Ada Lovelace")).await.unwrap();
+    let mut other = named("Augusta King");
+    other.contact_points = vec![pb::ContactPoint {
+        r#type: pb::ContactPointType::Email as i32,
+        value: original.email.clone(),
+        label: "old".into(),
+    }];
+    let other = client.create(other).await.unwrap();
+
+    let response = duplicates_of(&client, &original.id).await.unwrap();
+
+    assert_eq!(response.candidates.len(), 1, "{response:?}");
+    let candidate = &response.candidates[0];
+    assert_eq!(candidate.customer.as_ref().unwrap().id, other.id);
+    assert_eq!(candidate.reasons, ["same email"]);
+    assert_eq!(candidate.score, 1.0);
+}
+
+#[tokio::test]
+async fn a_customer_whose_email_is_one_of_my_contact_points_is_proposed_as_the_same_email() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let other = client.create(named("Augusta King")).await.unwrap();
+    let mut original = named("Ada Lovelace");
+    original.contact_points = vec![pb::ContactPoint {
+        r#type: pb::ContactPointType::Email as i32,
+        value: other.email.to_uppercase(),
+        label: "work".into(),
+    }];
+    let original = client.create(original).await.unwrap();
+
+    let response = duplicates_of(&client, &original.id).await.unwrap();
+
+    assert_eq!(response.candidates.len(), 1, "{response:?}");
+    let candidate = &response.candidates[0];
+    assert_eq!(candidate.customer.as_ref().unwrap().id, other.id);
+    assert_eq!(candidate.reasons, ["same email"]);
+}
+
+#[tokio::test]
 async fn a_similar_name_at_the_same_company_is_proposed_as_a_duplicate() {
     let app = spawn_app().await;
     let client = app.client().await;
