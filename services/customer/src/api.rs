@@ -389,7 +389,6 @@ impl CustomerApi {
         } else {
             String::new()
         };
-        let mut conn = self.db.acquire().await?;
         let customers = store::to_protos(&mut conn, &rows).await?;
         Ok(pb::ListCustomersResponse {
             customers,

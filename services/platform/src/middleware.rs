@@ -1,11 +1,11 @@
 //! Tower layers every CRM Suite server runs, outermost first: [`ObservabilityLayer`] (request
-//! id, trace context, span, metrics), [`AuthLayer`], then load shedding over a global
-//! concurrency limit (tower's). Deadlines from `grpc-timeout` are enforced by tonic itself with
-//! the configured default.
+//! id, trace context, span, metrics), [`DeadlineLayer`] (`grpc-timeout` and the default
+//! deadline), [`AuthLayer`], load shedding (tower's), [`RunToCompletionLayer`], then a global
+//! concurrency limit (tower's).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -78,8 +78,6 @@ fn request_id_of(headers: &HeaderMap) -> String {
 fn code_of_error(err: &BoxError) -> Code {
     if err.is::<tower::load_shed::error::Overloaded>() {
         Code::ResourceExhausted
-    } else if err.is::<tonic::TimeoutExpired>() {
-        Code::DeadlineExceeded
     } else {
         Code::Unknown
     }
@@ -293,6 +291,160 @@ where
     }
 }
 
+/// The deadline a caller asked for in `grpc-timeout` (`None` when absent or malformed).
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let unit_at = value.len().checked_sub(1)?;
+    let (amount, unit) = value.split_at(unit_at);
+    // The gRPC spec allows at most 8 digits, which also rules out overflow below.
+    if amount.is_empty() || amount.len() > 8 {
+        return None;
+    }
+    let amount: u64 = amount.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Answers DEADLINE_EXCEEDED when a call outlives the shorter of the caller's `grpc-timeout`
+/// and the server's default deadline.
+///
+/// tonic's own timeout (`Server::timeout`, and its reading of `grpc-timeout`) wraps every layer
+/// and reports a timeout as CANCELLED, so the server must not set one. tonic still starts a
+/// timer from `grpc-timeout` when the caller sends one; this layer's timer starts first (tonic
+/// calls the inner service before starting its own) with a deadline no later, and tonic polls
+/// the inner future before its timer, so this layer's answer wins.
+#[derive(Debug, Clone)]
+pub struct DeadlineLayer {
+    default: Duration,
+}
+
+impl DeadlineLayer {
+    /// A layer applying `default` to calls that send no `grpc-timeout` (and capping those that
+    /// send a longer one).
+    pub fn new(default: Duration) -> Self {
+        Self { default }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            default: self.default,
+        }
+    }
+}
+
+/// See [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    default: Duration,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Deadline<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let budget =
+            grpc_timeout(request.headers()).map_or(self.default, |asked| asked.min(self.default));
+        // Started here, in `call`, so it runs from the same instant as tonic's (see above).
+        let expired = tokio::time::sleep(budget);
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                result = call => result.map_err(Into::into),
+                () = expired => Ok(tonic::Status::deadline_exceeded(format!(
+                    "the call's deadline of {} ms passed",
+                    budget.as_millis()
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+/// Runs each call's handler in a task of its own, so that a caller going away (a reset stream,
+/// a passed deadline) cannot drop the handler halfway through: its work finishes and its answer
+/// is dropped.
+///
+/// A handler dropped at an `.await` can leave a pooled connection inside a transaction: sqlx
+/// (0.8) counts a transaction only once PostgreSQL has answered `BEGIN`, so a future dropped
+/// while that answer is on its way returns the connection to the pool still in the transaction
+/// ("idle in transaction"; the next `BEGIN` on it warns "there is already a transaction in
+/// progress"). Dropped while waiting for `COMMIT`'s answer, the transaction's guard sends a
+/// `ROLLBACK` after it ("there is no transaction in progress").
+#[derive(Debug, Clone, Default)]
+pub struct RunToCompletionLayer;
+
+impl<S> Layer<S> for RunToCompletionLayer {
+    type Service = RunToCompletion<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RunToCompletion { inner }
+    }
+}
+
+/// See [`RunToCompletionLayer`].
+#[derive(Debug, Clone)]
+pub struct RunToCompletion<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RunToCompletion<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let call = inner.call(request);
+        let handler = tokio::spawn(async move { call.await.map_err(Into::into) }.in_current_span());
+        Box::pin(async move {
+            match handler.await {
+                Ok(result) => result,
+                Err(err) => {
+                    tracing::error!(error = %err, "call handler panicked");
+                    Ok(tonic::Status::internal("internal error").into_http())
+                }
+            }
+        })
+    }
+}
+
 /// Rejects calls without a valid token or the method's scope, and hands the [`Principal`]
 /// (crate::auth::Principal) to the handler through the request's extensions.
 #[derive(Debug, Clone)]
@@ -388,6 +540,238 @@ pub fn inject_trace_context(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tower::ServiceExt;
+
+    /// A call of the customer service's `method`, with `headers`.
+    fn call_of(
+        method: &str,
+        headers: &[(&'static str, &'static str)],
+    ) -> Request<tonic::body::Body> {
+        let mut request = Request::builder()
+            .uri(format!("/crm.customer.v1.CustomerService/{method}"))
+            .body(tonic::body::Body::default())
+            .unwrap();
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, HeaderValue::from_static(value));
+        }
+        request
+    }
+
+    /// A handler that never answers.
+    fn never_answers() -> impl Service<
+        Request<tonic::body::Body>,
+        Response = Response<tonic::body::Body>,
+        Error = BoxError,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(|_: Request<tonic::body::Body>| {
+            futures::future::pending::<Result<Response<tonic::body::Body>, BoxError>>()
+        })
+    }
+
+    /// A response body that never ends.
+    struct EndlessBody;
+
+    impl Body for EndlessBody {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+
+    /// The gRPC status of a trailers-only response.
+    fn status_of<B>(response: &Response<B>) -> Option<Code> {
+        response.headers().get("grpc-status").map(code_of_header)
+    }
+
+    /// `code count` for each `crm_grpc_requests_total` series in Prometheus text.
+    fn recorded_codes(rendered: &str) -> Vec<String> {
+        rendered
+            .lines()
+            .filter(|line| line.starts_with("crm_grpc_requests_total{"))
+            .map(|line| {
+                let code = line
+                    .split("code=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or("?");
+                let count = line.rsplit(' ').next().unwrap_or("?");
+                format!("{code} {count}")
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_call_abandoned_before_its_answer_is_recorded_as_cancelled() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _recording = metrics::set_default_local_recorder(&recorder);
+        let mut service = ObservabilityLayer.layer(never_answers());
+        let mut call = service
+            .ready()
+            .await
+            .unwrap()
+            .call(call_of("GetCustomer", &[]));
+        assert!(
+            (&mut call).now_or_never().is_none(),
+            "the handler is still working"
+        );
+
+        drop(call);
+
+        assert_eq!(recorded_codes(&metrics.render()), ["Cancelled 1"]);
+    }
+
+    #[tokio::test]
+    async fn a_response_abandoned_before_its_trailers_is_recorded_as_cancelled() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _recording = metrics::set_default_local_recorder(&recorder);
+        let streams = tower::service_fn(|_: Request<tonic::body::Body>| async {
+            Ok::<_, BoxError>(Response::new(EndlessBody))
+        });
+        let response = ObservabilityLayer
+            .layer(streams)
+            .oneshot(call_of("ExportCustomers", &[]))
+            .await
+            .unwrap();
+        assert_eq!(recorded_codes(&metrics.render()), Vec::<String>::new());
+
+        drop(response);
+
+        assert_eq!(recorded_codes(&metrics.render()), ["Cancelled 1"]);
+    }
+
+    #[tokio::test]
+    async fn a_call_past_its_grpc_timeout_answers_and_is_recorded_as_deadline_exceeded() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _recording = metrics::set_default_local_recorder(&recorder);
+        let service = tower::ServiceBuilder::new()
+            .layer(ObservabilityLayer)
+            .layer(DeadlineLayer::new(Duration::from_secs(600)))
+            .service(never_answers());
+
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            service.oneshot(call_of("UpdateCustomer", &[("grpc-timeout", "20m")])),
+        )
+        .await
+        .expect("answered at the caller's deadline, not the server's default")
+        .unwrap();
+
+        assert_eq!(status_of(&response), Some(Code::DeadlineExceeded));
+        assert_eq!(recorded_codes(&metrics.render()), ["DeadlineExceeded 1"]);
+    }
+
+    #[tokio::test]
+    async fn a_call_sending_no_grpc_timeout_gets_the_default_deadline() {
+        let service = DeadlineLayer::new(Duration::from_millis(20)).layer(never_answers());
+
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            service.oneshot(call_of("UpdateCustomer", &[])),
+        )
+        .await
+        .expect("answered at the default deadline")
+        .unwrap();
+
+        assert_eq!(status_of(&response), Some(Code::DeadlineExceeded));
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_malformed_ones_are_ignored() {
+        for (value, expected) in [
+            ("20m", Some(Duration::from_millis(20))),
+            ("3S", Some(Duration::from_secs(3))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("250u", Some(Duration::from_micros(250))),
+            ("99999999n", Some(Duration::from_nanos(99_999_999))),
+            ("123456789m", None),
+            ("m", None),
+            ("", None),
+            ("10x", None),
+            ("-5S", None),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-timeout", HeaderValue::from_static(value));
+            assert_eq!(grpc_timeout(&headers), expected, "grpc-timeout: {value:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn a_handler_whose_caller_went_away_still_runs_to_completion() {
+        let (gate, done) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let handler = tower::service_fn({
+            let (gate, done) = (gate.clone(), done.clone());
+            move |_: Request<tonic::body::Body>| {
+                let (gate, done) = (gate.clone(), done.clone());
+                async move {
+                    gate.notified().await;
+                    done.store(true, Ordering::SeqCst);
+                    Ok::<_, BoxError>(Response::new(tonic::body::Body::default()))
+                }
+            }
+        });
+        let mut service = RunToCompletionLayer.layer(handler);
+        let mut call = service
+            .ready()
+            .await
+            .unwrap()
+            .call(call_of("UpdateCustomer", &[]));
+        assert!(
+            (&mut call).now_or_never().is_none(),
+            "the handler is waiting"
+        );
+
+        drop(call);
+        gate.notify_one();
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done.load(Ordering::SeqCst) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the handler was dropped with its caller"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_internal() {
+        let panics = tower::service_fn(|_: Request<tonic::body::Body>| async {
+            if true {
+                panic!("a bug in a handler");
+            }
+            Ok::<_, BoxError>(Response::new(tonic::body::Body::default()))
+        });
+
+        let response = RunToCompletionLayer
+            .layer(panics)
+            .oneshot(call_of("GetCustomer", &[]))
+            .await
+            .unwrap();
+
+        assert_eq!(status_of(&response), Some(Code::Internal));
+    }
 
     #[test]
     fn paths_split_into_service_and_method() {

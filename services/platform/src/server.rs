@@ -16,7 +16,7 @@ use tonic_health::server::HealthReporter;
 use crate::auth::{AuthPolicy, MethodScopes};
 use crate::config::Config;
 use crate::db::Database;
-use crate::middleware::{AuthLayer, ObservabilityLayer};
+use crate::middleware::{AuthLayer, DeadlineLayer, ObservabilityLayer, RunToCompletionLayer};
 use crate::page_token::PageTokenCodec;
 
 /// How often readiness (database reachable and migrated) is re-checked.
@@ -73,8 +73,19 @@ impl std::fmt::Debug for ServiceModule {
     }
 }
 
+/// Why [`serve`] failed although it stopped as asked: the drain bound
+/// (`server.shutdown_grace_secs`) ran out before every in-flight call had finished, and the
+/// remaining calls were cut off. Tell it from other failures with `downcast_ref::<DrainCut>()`.
+#[derive(Debug, thiserror::Error)]
+#[error("the drain bound of {grace:?} was reached: in-flight calls were cut off")]
+pub struct DrainCut {
+    /// The bound that ran out.
+    pub grace: Duration,
+}
+
 /// Serves `modules` on `listener` until `shutdown` is cancelled, then drains in-flight calls
-/// for at most `server.shutdown_grace_secs`.
+/// for at most `server.shutdown_grace_secs`. Returns `Ok` once every call has finished, or a
+/// [`DrainCut`] error when the bound ran out first.
 pub async fn serve(
     config: &Config,
     modules: Vec<ServiceModule>,
@@ -141,16 +152,20 @@ pub async fn serve(
         shutdown.clone(),
     ));
 
+    // The deadline is this stack's, not tonic's `Server::timeout` (which reports CANCELLED); a
+    // handler runs in its own task, inside the concurrency limit, so the limit counts handlers
+    // still finishing for a caller who went away.
     let layers = tower::ServiceBuilder::new()
         .layer(ObservabilityLayer)
+        .layer(DeadlineLayer::new(config.default_timeout()))
         .layer(AuthLayer::new(policy))
         .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(RunToCompletionLayer)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.server.concurrency_limit,
         ))
         .into_inner();
     let mut builder = Server::builder()
-        .timeout(config.default_timeout())
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true);
@@ -173,15 +188,27 @@ pub async fn serve(
     });
     tokio::pin!(server);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    tokio::select! {
-        result = &mut server => result.context("gRPC server failed")?,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "drain bound reached; closing remaining calls");
+    let drained = tokio::select! {
+        result = &mut server => {
+            if let Err(err) = result {
+                monitor.abort();
+                return Err(err).context("gRPC server failed");
+            }
+            true
         }
-    }
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => false,
+    };
     monitor.abort();
-    tracing::info!("server stopped");
-    Ok(())
+    if drained {
+        tracing::info!("server stopped: every in-flight call finished");
+        Ok(())
+    } else {
+        tracing::warn!(
+            ?grace,
+            "server stopped: drain bound reached, remaining calls cut off"
+        );
+        Err(DrainCut { grace }.into())
+    }
 }
 
 /// Turns the overall status; per-service statuses follow from `watch_readiness`, which sees

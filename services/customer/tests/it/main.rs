@@ -4,6 +4,7 @@
 mod auth;
 mod bulk;
 mod common;
+mod concurrency;
 mod consents;
 mod customers;
 mod feed;
