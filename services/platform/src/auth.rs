@@ -190,6 +190,41 @@ mod tests {
         AuthPolicy::new(SECRET, "crm-suite", "crm-suite", &[TABLE])
     }
 
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// A `Bearer` header for arbitrary claims signed with the policy's key, for tokens
+    /// `mint_token` cannot make (other issuer, audience, `nbf`).
+    fn bearer_with_claims(claims: &serde_json::Value) -> String {
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        format!("Bearer {token}")
+    }
+
+    /// Valid claims for the policy, with `changes` merged over them.
+    fn claims_with(changes: serde_json::Value) -> serde_json::Value {
+        let mut claims = serde_json::json!({
+            "sub": "tester",
+            "iss": "crm-suite",
+            "aud": "crm-suite",
+            "iat": now(),
+            "exp": now() + 600,
+            "scope": "customer.read",
+        });
+        for (key, value) in changes.as_object().unwrap() {
+            claims[key] = value.clone();
+        }
+        claims
+    }
+
     fn bearer(scopes: &[&str], valid_for: Duration) -> String {
         let token = mint_token(
             SECRET,
@@ -274,5 +309,70 @@ mod tests {
             .authorize(PATH, Some(&format!("Bearer {token}")))
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_token_with_every_claim_right_is_accepted() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({})));
+        let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
+        assert_eq!(principal.subject, "tester");
+    }
+
+    #[test]
+    fn a_token_from_another_issuer_is_unauthenticated() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"iss": "someone-else"})));
+        let err = policy().authorize(PATH, Some(&header)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("issuer"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_token_for_another_audience_is_unauthenticated() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"aud": "billing"})));
+        let err = policy().authorize(PATH, Some(&header)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("audience"), "{}", err.message());
+    }
+
+    #[test]
+    fn malformed_authorization_headers_are_unauthenticated() {
+        let token = mint_token(
+            SECRET,
+            "crm-suite",
+            "crm-suite",
+            "tester",
+            &["customer.read"],
+            Duration::from_secs(60),
+        );
+        let cases = [
+            ("the scheme without a token", "Bearer".to_string()),
+            ("the scheme and a space only", "Bearer ".to_string()),
+            (
+                "basic credentials",
+                "Basic dXNlcjpwYXNzd29yZA==".to_string(),
+            ),
+            ("a token without a scheme", token.clone()),
+            (
+                "another scheme with a valid token",
+                format!("Token {token}"),
+            ),
+            ("a token that is not a JWT", "Bearer not-a-jwt".to_string()),
+            (
+                "segments of garbage base64",
+                "Bearer @@@.!!!.###".to_string(),
+            ),
+            (
+                "a JWT with its signature cut off",
+                format!("Bearer {}", token.rsplit_once('.').unwrap().0),
+            ),
+        ];
+        for (case, header) in cases {
+            let err = policy().authorize(PATH, Some(&header)).unwrap_err();
+            assert_eq!(
+                err.code(),
+                tonic::Code::Unauthenticated,
+                "{case}: {header:?}"
+            );
+        }
     }
 }
