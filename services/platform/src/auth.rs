@@ -110,13 +110,17 @@ impl AuthPolicy {
         let header = authorization.ok_or_else(|| {
             Status::unauthenticated("missing bearer token: send `authorization: Bearer <token>`")
         })?;
+        // The scheme is case-insensitive (RFC 7235 §2.1, which RFC 6750 builds on).
         let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
+            .trim()
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty())
             .ok_or_else(|| {
                 Status::unauthenticated("the authorization header must be `Bearer <token>`")
             })?;
-        let claims = jsonwebtoken::decode::<Claims>(token.trim(), &self.key, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 let why = match e.kind() {
@@ -373,6 +377,26 @@ mod tests {
                 tonic::Code::Unauthenticated,
                 "{case}: {header:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_case_insensitively() {
+        let token = mint_token(
+            SECRET,
+            "crm-suite",
+            "crm-suite",
+            "tester",
+            &["customer.read"],
+            Duration::from_secs(60),
+        );
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let header = format!("{scheme} {token}");
+            let principal = policy()
+                .authorize(PATH, Some(&header))
+                .unwrap_or_else(|e| panic!("scheme {scheme:?}: {e:?}"))
+                .unwrap();
+            assert_eq!(principal.subject, "tester", "scheme {scheme:?}");
         }
     }
 }
