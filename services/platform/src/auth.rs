@@ -81,6 +81,9 @@ impl AuthPolicy {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // A token used before its `nbf` is refused (jsonwebtoken skips that check by default);
+        // the leeway covers clock skew for `nbf` as for `exp`.
+        validation.validate_nbf = true;
         validation.leeway = 30;
         let scopes = tables.iter().flat_map(|t| t.iter().copied()).collect();
         Self {
@@ -125,6 +128,7 @@ impl AuthPolicy {
                 use jsonwebtoken::errors::ErrorKind;
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
                     ErrorKind::InvalidSignature => "the token's signature is not valid",
                     ErrorKind::InvalidIssuer => "the token has the wrong issuer",
                     ErrorKind::InvalidAudience => "the token has the wrong audience",
@@ -398,5 +402,27 @@ mod tests {
                 .unwrap();
             assert_eq!(principal.subject, "tester", "scheme {scheme:?}");
         }
+    }
+
+    #[test]
+    fn a_token_not_valid_before_a_future_time_is_unauthenticated() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"nbf": now() + 300})));
+        let err = policy().authorize(PATH, Some(&header)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("not valid yet"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_token_whose_not_before_time_has_just_passed_is_accepted() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"nbf": now() - 1})));
+        let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
+        assert_eq!(principal.subject, "tester");
+    }
+
+    #[test]
+    fn a_not_before_time_within_the_clock_skew_leeway_is_accepted() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"nbf": now() + 5})));
+        let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
+        assert_eq!(principal.subject, "tester");
     }
 }
