@@ -101,7 +101,8 @@ impl AuthPolicy {
     /// Checks the `authorization` header value for a call to `path`.
     ///
     /// Returns `Ok(None)` for open methods, the principal when the token is valid and grants
-    /// the method's scope, and UNAUTHENTICATED / PERMISSION_DENIED otherwise.
+    /// the method's scope, and UNAUTHENTICATED / PERMISSION_DENIED otherwise (also for a
+    /// method missing from every scope table).
     pub fn authorize(
         &self,
         path: &str,
@@ -145,9 +146,14 @@ impl AuthPolicy {
                 .map(str::to_string)
                 .collect(),
         };
-        if let Some(required) = self.scopes.get(path)
-            && !principal.scopes.contains(*required)
-        {
+        // A method no table names is refused: forgetting to declare a new method's scope must
+        // close it, not open it to every authenticated caller.
+        let Some(required) = self.scopes.get(path) else {
+            return Err(Status::permission_denied(format!(
+                "the method {path} is not open to any scope"
+            )));
+        };
+        if !principal.scopes.contains(*required) {
             return Err(Status::permission_denied(format!(
                 "this method needs the scope `{required}`"
             )));
@@ -424,5 +430,30 @@ mod tests {
         let header = bearer_with_claims(&claims_with(serde_json::json!({"nbf": now() + 5})));
         let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
         assert_eq!(principal.subject, "tester");
+    }
+
+    #[test]
+    fn a_method_missing_from_the_scope_table_is_permission_denied() {
+        let method = "/crm.customer.v1.CustomerService/NotInTheTable";
+        let header = bearer(
+            &["customer.read", "customer.write"],
+            Duration::from_secs(60),
+        );
+        let err = policy().authorize(method, Some(&header)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains(method), "{}", err.message());
+    }
+
+    #[test]
+    fn health_and_reflection_stay_open_without_a_token() {
+        let open = [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ];
+        for path in open {
+            assert_eq!(policy().authorize(path, None).unwrap(), None, "{path}");
+        }
     }
 }
