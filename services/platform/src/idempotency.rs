@@ -168,3 +168,60 @@ pub async fn purge_expired(pool: &sqlx::PgPool, schema: &'static str) -> Result<
     .await?;
     Ok(done.rows_affected())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violated_fields(err: ApiError) -> Vec<String> {
+        match err {
+            ApiError::InvalidArgument(violations) => {
+                violations.iter().map(|v| v.field.clone()).collect()
+            }
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_request_id_is_allowed() {
+        assert!(validate_request_id("request_id", "").is_ok());
+    }
+
+    #[test]
+    fn a_request_id_of_the_maximum_length_is_allowed() {
+        let id = "a".repeat(MAX_REQUEST_ID_LEN);
+        assert!(validate_request_id("request_id", &id).is_ok());
+    }
+
+    #[test]
+    fn a_request_id_longer_than_the_maximum_is_invalid_and_names_the_field() {
+        let id = "a".repeat(MAX_REQUEST_ID_LEN + 1);
+        let err = validate_request_id("request_id", &id).unwrap_err();
+        assert_eq!(violated_fields(err), ["request_id"]);
+    }
+
+    #[test]
+    fn request_ids_with_control_characters_are_invalid() {
+        for (case, id) in [
+            ("a newline", "abc\ndef"),
+            ("a tab", "abc\tdef"),
+            ("a NUL", "abc\0"),
+            ("a DEL", "abc\u{7f}"),
+            ("a C1 control", "abc\u{85}"),
+        ] {
+            let err = validate_request_id("customer.request_id", id).unwrap_err();
+            assert_eq!(violated_fields(err), ["customer.request_id"], "{case}");
+        }
+    }
+
+    #[test]
+    fn a_uuid_request_id_is_allowed() {
+        assert!(validate_request_id("request_id", "0192f0c1-7a3b-7c44-9d1e-2f3a4b5c6d7e").is_ok());
+    }
+
+    #[test]
+    fn the_request_hash_tells_different_requests_apart() {
+        assert_eq!(request_hash(b"one"), request_hash(b"one"));
+        assert_ne!(request_hash(b"one"), request_hash(b"two"));
+    }
+}
