@@ -29,7 +29,7 @@ use crate::error::ApiError;
 /// How long a request id is remembered.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The longest request id accepted.
+/// The longest request id accepted, in characters.
 pub const MAX_REQUEST_ID_LEN: usize = 100;
 
 /// The outcome of claiming a request id.
@@ -48,7 +48,8 @@ pub fn request_hash(encoded_request: &[u8]) -> Vec<u8> {
 
 /// Checks the shape of a request id; empty means "no idempotency asked for".
 pub fn validate_request_id(field: &str, request_id: &str) -> Result<(), ApiError> {
-    if request_id.len() > MAX_REQUEST_ID_LEN {
+    // Counted in characters, as the contract states, not in UTF-8 bytes.
+    if request_id.chars().count() > MAX_REQUEST_ID_LEN {
         return Err(ApiError::invalid(
             field,
             format!("must be at most {MAX_REQUEST_ID_LEN} characters"),
@@ -191,6 +192,15 @@ mod tests {
     fn a_request_id_of_the_maximum_length_is_allowed() {
         let id = "a".repeat(MAX_REQUEST_ID_LEN);
         assert!(validate_request_id("request_id", &id).is_ok());
+    }
+
+    #[test]
+    fn a_request_id_is_measured_in_characters_not_bytes() {
+        let fits = "é".repeat(MAX_REQUEST_ID_LEN);
+        assert!(validate_request_id("request_id", &fits).is_ok());
+        let too_long = "é".repeat(MAX_REQUEST_ID_LEN + 1);
+        let err = validate_request_id("request_id", &too_long).unwrap_err();
+        assert_eq!(violated_fields(err), ["request_id"]);
     }
 
     #[test]
