@@ -134,6 +134,26 @@ async fn a_load_of_an_older_row_never_overwrites_a_newer_entry_in_redis() {
 }
 
 #[tokio::test]
+async fn a_put_of_an_older_version_never_overwrites_a_newer_one_in_the_in_process_tier() {
+    let prefix = unique_prefix();
+    let cache = cache_on(&redis_url(), &prefix, &[]);
+    let _listening = live(&cache).await;
+    let key = cache.key("thing", "1");
+    let row = Row::new(entry(2, "new"));
+    within(cache.put(&key, entry(2, "new"))).await;
+
+    // The writer of version 1 publishes late, after version 2's writer.
+    within(cache.put(&key, entry(1, "old"))).await;
+    within(cache.put_new(&key, entry(1, "old"))).await;
+
+    let read = within(cache.get_or_load(&key, || row.load()))
+        .await
+        .unwrap();
+    assert_eq!(read, entry(2, "new"));
+    assert!(cache.local_tier_live());
+}
+
+#[tokio::test]
 async fn concurrent_reads_of_one_missing_key_run_the_loader_once() {
     let prefix = unique_prefix();
     let cache = cache_on(&redis_url(), &prefix, &[]);
