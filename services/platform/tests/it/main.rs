@@ -3,5 +3,6 @@
 //! tests run in parallel; without PostgreSQL or Redis they fail, naming the variable to set.
 
 mod cache;
+mod db;
 mod idempotency;
 mod support;

@@ -1,0 +1,114 @@
+//! Readiness: the database answers and the service's schema is fully migrated.
+
+use std::borrow::Cow;
+
+use crm_platform::db::Database;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+use crate::support::{config, fresh_database, pool, within};
+
+const SCHEMA: &str = "svc";
+
+fn migration(version: i64, sql: &'static str) -> Migration {
+    Migration::new(
+        version,
+        Cow::Owned(format!("step {version}")),
+        MigrationType::Simple,
+        Cow::Borrowed(sql),
+        false,
+    )
+}
+
+/// A service's migrations: `steps` of the two it has.
+fn migrator(steps: usize) -> &'static Migrator {
+    let migrations = vec![
+        migration(1, "CREATE TABLE things (id bigint PRIMARY KEY)"),
+        migration(2, "ALTER TABLE things ADD COLUMN name text"),
+    ];
+    Box::leak(Box::new(Migrator {
+        migrations: Cow::Owned(migrations.into_iter().take(steps).collect()),
+        ..Migrator::DEFAULT
+    }))
+}
+
+/// The service's database on `url`, with a main pool of two connections.
+fn database(url: &str, migrator: &'static Migrator) -> Database {
+    let config = config(&[
+        ("CRM__DATABASE__URL", url),
+        ("CRM__DATABASE__MAX_CONNECTIONS", "2"),
+        ("CRM__DATABASE__ACQUIRE_TIMEOUT_MS", "500"),
+    ]);
+    Database::connect_lazy(&config.database, SCHEMA, migrator).unwrap()
+}
+
+#[tokio::test]
+async fn a_database_without_the_migrations_table_is_not_ready_rather_than_an_error() {
+    let url = fresh_database().await;
+    let db = database(&url, migrator(2));
+
+    let without_schema = within(db.is_ready()).await;
+    sqlx::query(&format!("CREATE SCHEMA {SCHEMA}"))
+        .execute(&pool(&url).await)
+        .await
+        .unwrap();
+    let without_table = within(db.is_ready()).await;
+
+    assert!(
+        matches!(without_schema, Ok(false)),
+        "without the schema: {without_schema:?}"
+    );
+    assert!(
+        matches!(without_table, Ok(false)),
+        "with the schema but no migrations table: {without_table:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_fully_migrated_database_is_ready() {
+    let url = fresh_database().await;
+    let db = database(&url, migrator(2));
+
+    within(db.migrate()).await.unwrap();
+
+    assert!(within(db.is_ready()).await.unwrap());
+    let applied: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT version FROM {SCHEMA}._sqlx_migrations ORDER BY version"
+    ))
+    .fetch_all(&pool(&url).await)
+    .await
+    .unwrap();
+    assert_eq!(
+        applied,
+        [1, 2],
+        "the migrations table lives in the service's schema"
+    );
+}
+
+#[tokio::test]
+async fn a_database_behind_the_binarys_newest_migration_is_not_ready() {
+    let url = fresh_database().await;
+    within(database(&url, migrator(1)).migrate()).await.unwrap();
+
+    let newer_binary = database(&url, migrator(2));
+
+    assert!(!within(newer_binary.is_ready()).await.unwrap());
+}
+
+#[tokio::test]
+async fn readiness_answers_while_every_main_pool_connection_is_held() {
+    let url = fresh_database().await;
+    let db = database(&url, migrator(2));
+    within(db.migrate()).await.unwrap();
+    let _held = [
+        within(db.pool.acquire()).await.unwrap(),
+        within(db.pool.acquire()).await.unwrap(),
+    ];
+    assert!(
+        db.pool.try_acquire().is_none(),
+        "the main pool is exhausted"
+    );
+
+    let ready = within(db.is_ready()).await;
+
+    assert!(matches!(ready, Ok(true)), "{ready:?}");
+}
