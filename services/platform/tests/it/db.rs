@@ -112,3 +112,69 @@ async fn readiness_answers_while_every_main_pool_connection_is_held() {
 
     assert!(matches!(ready, Ok(true)), "{ready:?}");
 }
+
+/// The health status the server reports for `service`.
+async fn health(addr: std::net::SocketAddr, service: &str) -> i32 {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test]
+async fn the_health_check_says_not_serving_until_the_schema_is_migrated() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    const SERVICE: &str = "crm.test.v1.TestService";
+    let url = fresh_database().await;
+    let config = config(&[("CRM__DATABASE__URL", &url)]);
+    let module = crm_platform::server::ServiceModule {
+        name: "test",
+        grpc_service: SERVICE,
+        scopes: &[],
+        database: database(&url, migrator(2)),
+        add_routes: Box::new(|_| {}),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { crm_platform::server::serve(&config, vec![module], listener, shutdown).await }
+    });
+
+    // NOT_SERVING is also the status before the first check: observe it only once the health
+    // pool's connection has answered a check.
+    let admin = pool(&url).await;
+    crate::support::eventually("readiness has checked the database once", || async {
+        let checked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1 AND state = 'idle'",
+        )
+        .bind(format!("crm-{SCHEMA}-health"))
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        checked > 0
+    })
+    .await;
+    let unmigrated = within(health(addr, SERVICE)).await;
+    within(database(&url, migrator(2)).migrate()).await.unwrap();
+    crate::support::eventually("the health check says SERVING", || async {
+        health(addr, SERVICE).await == ServingStatus::Serving as i32
+    })
+    .await;
+
+    assert_eq!(unmigrated, ServingStatus::NotServing as i32);
+    shutdown.cancel();
+    within(server).await.unwrap().unwrap();
+}
