@@ -81,6 +81,9 @@ impl AuthPolicy {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // A token used before its `nbf` is refused (jsonwebtoken skips that check by default);
+        // the leeway covers clock skew for `nbf` as for `exp`.
+        validation.validate_nbf = true;
         validation.leeway = 30;
         let scopes = tables.iter().flat_map(|t| t.iter().copied()).collect();
         Self {
@@ -98,7 +101,8 @@ impl AuthPolicy {
     /// Checks the `authorization` header value for a call to `path`.
     ///
     /// Returns `Ok(None)` for open methods, the principal when the token is valid and grants
-    /// the method's scope, and UNAUTHENTICATED / PERMISSION_DENIED otherwise.
+    /// the method's scope, and UNAUTHENTICATED / PERMISSION_DENIED otherwise (also for a
+    /// method missing from every scope table).
     pub fn authorize(
         &self,
         path: &str,
@@ -110,17 +114,22 @@ impl AuthPolicy {
         let header = authorization.ok_or_else(|| {
             Status::unauthenticated("missing bearer token: send `authorization: Bearer <token>`")
         })?;
+        // The scheme is case-insensitive (RFC 7235 §2.1, which RFC 6750 builds on).
         let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
+            .trim()
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty())
             .ok_or_else(|| {
                 Status::unauthenticated("the authorization header must be `Bearer <token>`")
             })?;
-        let claims = jsonwebtoken::decode::<Claims>(token.trim(), &self.key, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
                     ErrorKind::InvalidSignature => "the token's signature is not valid",
                     ErrorKind::InvalidIssuer => "the token has the wrong issuer",
                     ErrorKind::InvalidAudience => "the token has the wrong audience",
@@ -137,9 +146,14 @@ impl AuthPolicy {
                 .map(str::to_string)
                 .collect(),
         };
-        if let Some(required) = self.scopes.get(path)
-            && !principal.scopes.contains(*required)
-        {
+        // A method no table names is refused: forgetting to declare a new method's scope must
+        // close it, not open it to every authenticated caller.
+        let Some(required) = self.scopes.get(path) else {
+            return Err(Status::permission_denied(format!(
+                "the method {path} is not open to any scope"
+            )));
+        };
+        if !principal.scopes.contains(*required) {
             return Err(Status::permission_denied(format!(
                 "this method needs the scope `{required}`"
             )));
@@ -188,6 +202,41 @@ mod tests {
 
     fn policy() -> AuthPolicy {
         AuthPolicy::new(SECRET, "crm-suite", "crm-suite", &[TABLE])
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// A `Bearer` header for arbitrary claims signed with the policy's key, for tokens
+    /// `mint_token` cannot make (other issuer, audience, `nbf`).
+    fn bearer_with_claims(claims: &serde_json::Value) -> String {
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        format!("Bearer {token}")
+    }
+
+    /// Valid claims for the policy, with `changes` merged over them.
+    fn claims_with(changes: serde_json::Value) -> serde_json::Value {
+        let mut claims = serde_json::json!({
+            "sub": "tester",
+            "iss": "crm-suite",
+            "aud": "crm-suite",
+            "iat": now(),
+            "exp": now() + 600,
+            "scope": "customer.read",
+        });
+        for (key, value) in changes.as_object().unwrap() {
+            claims[key] = value.clone();
+        }
+        claims
     }
 
     fn bearer(scopes: &[&str], valid_for: Duration) -> String {
@@ -274,5 +323,137 @@ mod tests {
             .authorize(PATH, Some(&format!("Bearer {token}")))
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_token_with_every_claim_right_is_accepted() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({})));
+        let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
+        assert_eq!(principal.subject, "tester");
+    }
+
+    #[test]
+    fn a_token_from_another_issuer_is_unauthenticated() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"iss": "someone-else"})));
+        let err = policy().authorize(PATH, Some(&header)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("issuer"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_token_for_another_audience_is_unauthenticated() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"aud": "billing"})));
+        let err = policy().authorize(PATH, Some(&header)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("audience"), "{}", err.message());
+    }
+
+    #[test]
+    fn malformed_authorization_headers_are_unauthenticated() {
+        let token = mint_token(
+            SECRET,
+            "crm-suite",
+            "crm-suite",
+            "tester",
+            &["customer.read"],
+            Duration::from_secs(60),
+        );
+        let cases = [
+            ("the scheme without a token", "Bearer".to_string()),
+            ("the scheme and a space only", "Bearer ".to_string()),
+            (
+                "basic credentials",
+                "Basic dXNlcjpwYXNzd29yZA==".to_string(),
+            ),
+            ("a token without a scheme", token.clone()),
+            (
+                "another scheme with a valid token",
+                format!("Token {token}"),
+            ),
+            ("a token that is not a JWT", "Bearer not-a-jwt".to_string()),
+            (
+                "segments of garbage base64",
+                "Bearer @@@.!!!.###".to_string(),
+            ),
+            (
+                "a JWT with its signature cut off",
+                format!("Bearer {}", token.rsplit_once('.').unwrap().0),
+            ),
+        ];
+        for (case, header) in cases {
+            let err = policy().authorize(PATH, Some(&header)).unwrap_err();
+            assert_eq!(
+                err.code(),
+                tonic::Code::Unauthenticated,
+                "{case}: {header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_case_insensitively() {
+        let token = mint_token(
+            SECRET,
+            "crm-suite",
+            "crm-suite",
+            "tester",
+            &["customer.read"],
+            Duration::from_secs(60),
+        );
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let header = format!("{scheme} {token}");
+            let principal = policy()
+                .authorize(PATH, Some(&header))
+                .unwrap_or_else(|e| panic!("scheme {scheme:?}: {e:?}"))
+                .unwrap();
+            assert_eq!(principal.subject, "tester", "scheme {scheme:?}");
+        }
+    }
+
+    #[test]
+    fn a_token_not_valid_before_a_future_time_is_unauthenticated() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"nbf": now() + 300})));
+        let err = policy().authorize(PATH, Some(&header)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("not valid yet"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_token_whose_not_before_time_has_just_passed_is_accepted() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"nbf": now() - 1})));
+        let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
+        assert_eq!(principal.subject, "tester");
+    }
+
+    #[test]
+    fn a_not_before_time_within_the_clock_skew_leeway_is_accepted() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"nbf": now() + 5})));
+        let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
+        assert_eq!(principal.subject, "tester");
+    }
+
+    #[test]
+    fn a_method_missing_from_the_scope_table_is_permission_denied() {
+        let method = "/crm.customer.v1.CustomerService/NotInTheTable";
+        let header = bearer(
+            &["customer.read", "customer.write"],
+            Duration::from_secs(60),
+        );
+        let err = policy().authorize(method, Some(&header)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains(method), "{}", err.message());
+    }
+
+    #[test]
+    fn health_and_reflection_stay_open_without_a_token() {
+        let open = [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ];
+        for path in open {
+            assert_eq!(policy().authorize(path, None).unwrap(), None, "{path}");
+        }
     }
 }

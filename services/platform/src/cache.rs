@@ -340,9 +340,7 @@ impl Cache {
     /// version. Never fails; a Redis outage is logged and counted.
     pub async fn put(&self, key: &str, entry: Entry) {
         self.note_announced(key, entry.version);
-        if let Some(local) = &self.inner.local {
-            local.insert(key.to_string(), entry.clone()).await;
-        }
+        self.keep_newer_locally(key, &entry).await;
         self.store_in_redis(key, &entry).await;
         let Some(redis) = &self.inner.redis else {
             return;
@@ -377,10 +375,29 @@ impl Cache {
     /// exist (misses are never cached), so no invalidation round is needed.
     pub async fn put_new(&self, key: &str, entry: Entry) {
         self.note_announced(key, entry.version);
-        if let Some(local) = &self.inner.local {
-            local.insert(key.to_string(), entry.clone()).await;
-        }
+        self.keep_newer_locally(key, &entry).await;
         self.store_in_redis(key, &entry).await;
+    }
+
+    /// Puts `entry` in the in-process tier unless it holds the same or a newer version: two
+    /// writers' puts can arrive out of commit order, and the later-arriving older one must not
+    /// replace the newer entry (as the Redis script ensures there).
+    async fn keep_newer_locally(&self, key: &str, entry: &Entry) {
+        let Some(local) = &self.inner.local else {
+            return;
+        };
+        local
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(current) if current.value().version >= entry.version => {
+                        moka::ops::compute::Op::Nop
+                    }
+                    _ => moka::ops::compute::Op::Put(entry.clone()),
+                };
+                std::future::ready(op)
+            })
+            .await;
     }
 
     fn pending_acks(

@@ -29,7 +29,7 @@ use crate::error::ApiError;
 /// How long a request id is remembered.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The longest request id accepted.
+/// The longest request id accepted, in characters.
 pub const MAX_REQUEST_ID_LEN: usize = 100;
 
 /// The outcome of claiming a request id.
@@ -48,7 +48,8 @@ pub fn request_hash(encoded_request: &[u8]) -> Vec<u8> {
 
 /// Checks the shape of a request id; empty means "no idempotency asked for".
 pub fn validate_request_id(field: &str, request_id: &str) -> Result<(), ApiError> {
-    if request_id.len() > MAX_REQUEST_ID_LEN {
+    // Counted in characters, as the contract states, not in UTF-8 bytes.
+    if request_id.chars().count() > MAX_REQUEST_ID_LEN {
         return Err(ApiError::invalid(
             field,
             format!("must be at most {MAX_REQUEST_ID_LEN} characters"),
@@ -167,4 +168,70 @@ pub async fn purge_expired(pool: &sqlx::PgPool, schema: &'static str) -> Result<
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violated_fields(err: ApiError) -> Vec<String> {
+        match err {
+            ApiError::InvalidArgument(violations) => {
+                violations.iter().map(|v| v.field.clone()).collect()
+            }
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_request_id_is_allowed() {
+        assert!(validate_request_id("request_id", "").is_ok());
+    }
+
+    #[test]
+    fn a_request_id_of_the_maximum_length_is_allowed() {
+        let id = "a".repeat(MAX_REQUEST_ID_LEN);
+        assert!(validate_request_id("request_id", &id).is_ok());
+    }
+
+    #[test]
+    fn a_request_id_is_measured_in_characters_not_bytes() {
+        let fits = "é".repeat(MAX_REQUEST_ID_LEN);
+        assert!(validate_request_id("request_id", &fits).is_ok());
+        let too_long = "é".repeat(MAX_REQUEST_ID_LEN + 1);
+        let err = validate_request_id("request_id", &too_long).unwrap_err();
+        assert_eq!(violated_fields(err), ["request_id"]);
+    }
+
+    #[test]
+    fn a_request_id_longer_than_the_maximum_is_invalid_and_names_the_field() {
+        let id = "a".repeat(MAX_REQUEST_ID_LEN + 1);
+        let err = validate_request_id("request_id", &id).unwrap_err();
+        assert_eq!(violated_fields(err), ["request_id"]);
+    }
+
+    #[test]
+    fn request_ids_with_control_characters_are_invalid() {
+        for (case, id) in [
+            ("a newline", "abc\ndef"),
+            ("a tab", "abc\tdef"),
+            ("a NUL", "abc\0"),
+            ("a DEL", "abc\u{7f}"),
+            ("a C1 control", "abc\u{85}"),
+        ] {
+            let err = validate_request_id("customer.request_id", id).unwrap_err();
+            assert_eq!(violated_fields(err), ["customer.request_id"], "{case}");
+        }
+    }
+
+    #[test]
+    fn a_uuid_request_id_is_allowed() {
+        assert!(validate_request_id("request_id", "0192f0c1-7a3b-7c44-9d1e-2f3a4b5c6d7e").is_ok());
+    }
+
+    #[test]
+    fn the_request_hash_tells_different_requests_apart() {
+        assert_eq!(request_hash(b"one"), request_hash(b"one"));
+        assert_ne!(request_hash(b"one"), request_hash(b"two"));
+    }
 }

@@ -1,0 +1,8 @@
+//! The platform's mechanisms tested directly against the real PostgreSQL and Redis: one binary,
+//! a module per mechanism. Each test makes its own database and its own Redis key prefix, so
+//! tests run in parallel; without PostgreSQL or Redis they fail, naming the variable to set.
+
+mod cache;
+mod db;
+mod idempotency;
+mod support;
