@@ -311,6 +311,55 @@ impl Client {
     }
 }
 
+impl Client {
+    pub async fn delete(&self, id: &str, etag: &str) -> Result<pb::Customer, tonic::Status> {
+        let request = self.request(pb::DeleteCustomerRequest {
+            id: id.into(),
+            etag: etag.into(),
+        });
+        let response = self.inner.clone().delete_customer(request).await?;
+        Ok(response.into_inner().customer.unwrap())
+    }
+
+    pub async fn undelete(&self, id: &str, etag: &str) -> Result<pb::Customer, tonic::Status> {
+        let request = self.request(pb::UndeleteCustomerRequest {
+            id: id.into(),
+            etag: etag.into(),
+        });
+        let response = self.inner.clone().undelete_customer(request).await?;
+        Ok(response.into_inner().customer.unwrap())
+    }
+
+    /// EraseCustomer; the tombstone.
+    pub async fn erase(&self, id: &str, reason: &str) -> Result<pb::Customer, tonic::Status> {
+        let request = self.request(pb::EraseCustomerRequest {
+            id: id.into(),
+            reason: reason.into(),
+        });
+        let response = self.inner.clone().erase_customer(request).await?;
+        Ok(response.into_inner().customer.unwrap())
+    }
+
+    pub async fn merge(
+        &self,
+        survivor_id: &str,
+        duplicate_ids: &[&str],
+        request_id: &str,
+    ) -> Result<pb::MergeCustomersResponse, tonic::Status> {
+        let request = self.request(pb::MergeCustomersRequest {
+            survivor_id: survivor_id.into(),
+            duplicate_ids: duplicate_ids.iter().map(|id| id.to_string()).collect(),
+            request_id: request_id.into(),
+        });
+        Ok(self
+            .inner
+            .clone()
+            .merge_customers(request)
+            .await?
+            .into_inner())
+    }
+}
+
 /// A valid customer with a unique email.
 pub fn ada() -> pb::Customer {
     pb::Customer {

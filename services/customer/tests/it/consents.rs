@@ -328,18 +328,7 @@ async fn a_consent_for_a_deleted_customer_is_failed_precondition() {
     let app = spawn_app().await;
     let client = app.client().await;
     let created = client.create(ada()).await.unwrap();
-    let deleted = client
-        .inner
-        .clone()
-        .delete_customer(client.request(pb::DeleteCustomerRequest {
-            id: created.id.clone(),
-            etag: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap();
+    let deleted = client.delete(&created.id, "").await.unwrap();
 
     let status = record(
         &client,

@@ -69,71 +69,17 @@ async fn update_with_mask(
         .unwrap())
 }
 
-async fn delete(client: &Client, id: &str, etag: &str) -> Result<pb::Customer, Status> {
-    let request = client.request(pb::DeleteCustomerRequest {
-        id: id.into(),
-        etag: etag.into(),
-    });
-    Ok(client
-        .inner
-        .clone()
-        .delete_customer(request)
-        .await?
-        .into_inner()
-        .customer
-        .unwrap())
-}
-
-async fn undelete(client: &Client, id: &str, etag: &str) -> Result<pb::Customer, Status> {
-    let request = client.request(pb::UndeleteCustomerRequest {
-        id: id.into(),
-        etag: etag.into(),
-    });
-    Ok(client
-        .inner
-        .clone()
-        .undelete_customer(request)
-        .await?
-        .into_inner()
-        .customer
-        .unwrap())
-}
-
 /// Merges `duplicate` into `survivor` and returns the survivor.
 async fn merge(client: &Client, survivor: &str, duplicate: &str) -> pb::Customer {
-    let request = client.request(pb::MergeCustomersRequest {
-        survivor_id: survivor.into(),
-        duplicate_ids: vec![duplicate.into()],
-        request_id: String::new(),
-    });
-    let merged = client
-        .inner
-        .clone()
-        .merge_customers(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap();
+    let response = client.merge(survivor, &[duplicate], "").await.unwrap();
+    let merged = response.customer.unwrap();
     assert_eq!(merged.id, survivor);
     merged
 }
 
 /// Erases a customer and returns its tombstone.
 async fn erase(client: &Client, id: &str) -> pb::Customer {
-    let request = client.request(pb::EraseCustomerRequest {
-        id: id.into(),
-        reason: "ticket 42".into(),
-    });
-    let tombstone = client
-        .inner
-        .clone()
-        .erase_customer(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap();
+    let tombstone = client.erase(id, "ticket 42").await.unwrap();
     assert_eq!(tombstone.state, pb::CustomerState::Erased as i32);
     tombstone
 }
@@ -141,7 +87,7 @@ async fn erase(client: &Client, id: &str) -> pb::Customer {
 /// One customer in each state that is not ACTIVE: (state, id), made through the RPCs.
 async fn inactive_customers(client: &Client) -> Vec<(&'static str, String)> {
     let deleted = client.create(ada()).await.unwrap();
-    let deleted = delete(client, &deleted.id, "").await.unwrap();
+    let deleted = client.delete(&deleted.id, "").await.unwrap();
     assert_eq!(deleted.state, pb::CustomerState::Deleted as i32);
     let survivor = client.create(ada()).await.unwrap();
     let merged = client.create(ada()).await.unwrap();
@@ -274,7 +220,7 @@ async fn a_soft_deleted_customer_is_returned_with_state_deleted_and_its_delete_t
     let client = app.client().await;
     let created = client.create(ada()).await.unwrap();
     client.get(&created.id).await.unwrap(); // warm the cache, which the delete must update
-    let deleted = delete(&client, &created.id, "").await.unwrap();
+    let deleted = client.delete(&created.id, "").await.unwrap();
 
     let fetched = client.get(&created.id).await.unwrap();
 
@@ -309,7 +255,7 @@ async fn a_deleted_customers_email_can_be_used_by_a_new_customer() {
     let app = spawn_app().await;
     let client = app.client().await;
     let old = client.create(ada()).await.unwrap();
-    delete(&client, &old.id, "").await.unwrap();
+    client.delete(&old.id, "").await.unwrap();
     let mut new = ada();
     new.email = old.email.clone();
 
@@ -571,9 +517,9 @@ async fn the_etag_changes_on_every_write_and_a_current_etag_is_accepted() {
     change.given_name = "Ada".into();
     let updated = client.update(change, &["given_name"]).await.unwrap();
     etags.push(updated.etag.clone());
-    let deleted = delete(&client, &created.id, &updated.etag).await.unwrap();
+    let deleted = client.delete(&created.id, &updated.etag).await.unwrap();
     etags.push(deleted.etag.clone());
-    let restored = undelete(&client, &created.id, &deleted.etag).await.unwrap();
+    let restored = client.undelete(&created.id, &deleted.etag).await.unwrap();
     etags.push(restored.etag.clone());
 
     let distinct: std::collections::HashSet<_> = etags.iter().collect();
@@ -665,7 +611,7 @@ async fn delete_returns_the_customer_deleted_and_hides_it_from_list() {
     let created = client.create(ada()).await.unwrap();
     let kept = client.create(ada()).await.unwrap();
 
-    let deleted = delete(&client, &created.id, &created.etag).await.unwrap();
+    let deleted = client.delete(&created.id, &created.etag).await.unwrap();
     let listed = client.list(Default::default()).await.unwrap().customers;
 
     assert_eq!(deleted.id, created.id);
@@ -703,7 +649,7 @@ async fn a_deleted_customer_is_hidden_from_search() {
     };
     let before = search().await;
 
-    delete(&client, &grace.id, "").await.unwrap();
+    client.delete(&grace.id, "").await.unwrap();
     let after = search().await;
 
     assert_eq!(before, [grace.id], "found while active");
@@ -716,8 +662,8 @@ async fn deleting_or_undeleting_an_unknown_customer_is_not_found() {
     let client = app.client().await;
     let unknown = Uuid::now_v7().to_string();
 
-    let deleting = delete(&client, &unknown, "").await.unwrap_err();
-    let undeleting = undelete(&client, &unknown, "").await.unwrap_err();
+    let deleting = client.delete(&unknown, "").await.unwrap_err();
+    let undeleting = client.undelete(&unknown, "").await.unwrap_err();
 
     for (call, status) in [("delete", deleting), ("undelete", undeleting)] {
         assert_eq!(
@@ -739,9 +685,7 @@ async fn delete_with_a_stale_etag_is_aborted_and_changes_nothing() {
     change.company_name = "Analytical Engines Ltd".into();
     let current = client.update(change, &["company_name"]).await.unwrap();
 
-    let status = delete(&client, &created.id, &created.etag)
-        .await
-        .unwrap_err();
+    let status = client.delete(&created.id, &created.etag).await.unwrap_err();
 
     assert_error(&status, Code::Aborted, "ETAG_MISMATCH");
     assert_eq!(client.get(&created.id).await.unwrap(), current);
@@ -759,7 +703,7 @@ async fn deleting_a_deleted_merged_or_erased_customer_is_not_active() {
     for (state, id) in inactive_customers(&client).await {
         let before = stored_state(&app, &id).await;
 
-        let status = delete(&client, &id, "").await.unwrap_err();
+        let status = client.delete(&id, "").await.unwrap_err();
 
         assert_eq!(
             (status.code(), crate::common::error_reason(&status).as_str()),
@@ -776,9 +720,9 @@ async fn undelete_returns_the_customer_active_again_and_lists_it() {
     let app = spawn_app().await;
     let client = app.client().await;
     let created = client.create(ada()).await.unwrap();
-    let deleted = delete(&client, &created.id, "").await.unwrap();
+    let deleted = client.delete(&created.id, "").await.unwrap();
 
-    let restored = undelete(&client, &created.id, &deleted.etag).await.unwrap();
+    let restored = client.undelete(&created.id, &deleted.etag).await.unwrap();
     let listed = client.list(Default::default()).await.unwrap().customers;
 
     assert_eq!(restored.id, created.id);
@@ -794,9 +738,10 @@ async fn undelete_with_a_stale_etag_is_aborted_and_the_customer_stays_deleted() 
     let app = spawn_app().await;
     let client = app.client().await;
     let created = client.create(ada()).await.unwrap();
-    let deleted = delete(&client, &created.id, "").await.unwrap();
+    let deleted = client.delete(&created.id, "").await.unwrap();
 
-    let status = undelete(&client, &created.id, &created.etag)
+    let status = client
+        .undelete(&created.id, &created.etag)
         .await
         .unwrap_err();
 
@@ -820,7 +765,7 @@ async fn undeleting_a_customer_that_is_not_deleted_fails_as_not_deleted() {
     for (state, id) in cases {
         let before = stored_state(&app, &id).await;
 
-        let status = undelete(&client, &id, "").await.unwrap_err();
+        let status = client.undelete(&id, "").await.unwrap_err();
 
         assert_eq!(
             (status.code(), crate::common::error_reason(&status).as_str()),
@@ -837,12 +782,12 @@ async fn undelete_fails_when_an_active_customer_took_the_email_meanwhile() {
     let app = spawn_app().await;
     let client = app.client().await;
     let old = client.create(ada()).await.unwrap();
-    let deleted = delete(&client, &old.id, "").await.unwrap();
+    let deleted = client.delete(&old.id, "").await.unwrap();
     let mut taker = ada();
     taker.email = old.email.clone();
     let taker = client.create(taker).await.unwrap();
 
-    let status = undelete(&client, &old.id, "").await.unwrap_err();
+    let status = client.undelete(&old.id, "").await.unwrap_err();
 
     assert_error(&status, Code::AlreadyExists, "EMAIL_ALREADY_EXISTS");
     assert_eq!(client.get(&old.id).await.unwrap(), deleted);

@@ -55,18 +55,7 @@ fn assert_event(event: &pb::CustomerChangeEvent, change: ChangeType, after: &pb:
 }
 
 async fn delete(client: &Client, id: &str) -> pb::Customer {
-    client
-        .inner
-        .clone()
-        .delete_customer(client.request(pb::DeleteCustomerRequest {
-            id: id.into(),
-            etag: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap()
+    client.delete(id, "").await.unwrap()
 }
 
 #[tokio::test]
@@ -325,18 +314,7 @@ async fn an_erased_event_names_the_customer_without_a_snapshot() {
     let created = client.create(ada()).await.unwrap();
     let mut feed = watch(&client, "", None).await.unwrap();
 
-    let tombstone = client
-        .inner
-        .clone()
-        .erase_customer(client.request(pb::EraseCustomerRequest {
-            id: created.id.clone(),
-            reason: "ticket 42".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap();
+    let tombstone = client.erase(&created.id, "ticket 42").await.unwrap();
 
     let event = next_event(&mut feed).await;
     assert_eq!(

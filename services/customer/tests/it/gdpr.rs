@@ -6,20 +6,6 @@ use crm_proto::crm::customer::v1 as pb;
 use tonic::Code;
 use uuid::Uuid;
 
-async fn erase(client: &Client, id: &str, reason: &str) -> Result<pb::Customer, tonic::Status> {
-    Ok(client
-        .inner
-        .clone()
-        .erase_customer(client.request(pb::EraseCustomerRequest {
-            id: id.into(),
-            reason: reason.into(),
-        }))
-        .await?
-        .into_inner()
-        .customer
-        .unwrap())
-}
-
 async fn export(
     client: &Client,
     id: &str,
@@ -134,19 +120,11 @@ fn ada_in_full() -> pb::Customer {
 }
 
 async fn merge(client: &Client, survivor_id: &str, duplicate_id: &str) -> pb::MergeRecord {
-    client
-        .inner
-        .clone()
-        .merge_customers(client.request(pb::MergeCustomersRequest {
-            survivor_id: survivor_id.into(),
-            duplicate_ids: vec![duplicate_id.into()],
-            request_id: String::new(),
-        }))
+    let response = client
+        .merge(survivor_id, &[duplicate_id], "")
         .await
-        .unwrap()
-        .into_inner()
-        .merge_record
-        .unwrap()
+        .unwrap();
+    response.merge_record.unwrap()
 }
 
 #[tokio::test]
@@ -163,7 +141,7 @@ async fn erase_removes_personal_data_but_keeps_a_tombstone() {
     .await;
     client.get(&created.id).await.unwrap(); // warm the caches
 
-    let tombstone = erase(&client, &created.id, "ticket 42").await.unwrap();
+    let tombstone = client.erase(&created.id, "ticket 42").await.unwrap();
 
     assert_eq!(tombstone.id, created.id);
     assert_eq!(tombstone.state, pb::CustomerState::Erased as i32);
@@ -234,7 +212,7 @@ async fn erase_deletes_the_consent_history_and_interaction_contents_from_the_dat
     record_interaction(&client, &created.id, "kick-off", 2).await;
     record_interaction(&client, &bystander.id, "bystander call", 2).await;
 
-    erase(&client, &created.id, "ticket 42").await.unwrap();
+    client.erase(&created.id, "ticket 42").await.unwrap();
 
     let pool = app.pool().await;
     let consents: Vec<(Uuid, i64)> =
@@ -287,7 +265,7 @@ async fn an_erased_customer_is_absent_from_list_and_search() {
         2
     );
 
-    erase(&client, &erased.id, "ticket 42").await.unwrap();
+    client.erase(&erased.id, "ticket 42").await.unwrap();
 
     let listed: Vec<String> = client
         .list(Default::default())
@@ -320,9 +298,9 @@ async fn erasing_twice_returns_the_same_tombstone() {
     let app = spawn_app().await;
     let client = app.client().await;
     let created = client.create(ada()).await.unwrap();
-    let first = erase(&client, &created.id, "ticket 42").await.unwrap();
+    let first = client.erase(&created.id, "ticket 42").await.unwrap();
 
-    let second = erase(&client, &created.id, "ticket 43").await.unwrap();
+    let second = client.erase(&created.id, "ticket 43").await.unwrap();
 
     assert_eq!(second, first);
     assert_eq!(second.state, pb::CustomerState::Erased as i32);
@@ -339,7 +317,7 @@ async fn erasing_a_survivor_erases_the_records_merged_into_it() {
     let record = merge(&client, &survivor.id, &dup.id).await;
     assert_eq!(record.merged_ids, std::slice::from_ref(&dup.id));
 
-    erase(&client, &survivor.id, "ticket 42").await.unwrap();
+    client.erase(&survivor.id, "ticket 42").await.unwrap();
 
     let stored: (String, Option<String>, Option<String>) =
         sqlx::query_as("SELECT state, display_name, email FROM customer.customers WHERE id = $1")
@@ -367,7 +345,7 @@ async fn an_empty_or_overlong_erase_reason_is_invalid_and_erases_nothing() {
         ("blank", "   ".to_string()),
         ("201 characters", "r".repeat(201)),
     ] {
-        let status = erase(&client, &created.id, &reason).await.expect_err(case);
+        let status = client.erase(&created.id, &reason).await.expect_err(case);
 
         assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
         assert_invalid(&status, &["reason"]);
@@ -380,8 +358,9 @@ async fn erasing_a_malformed_or_unknown_id_is_invalid_or_not_found() {
     let app = spawn_app().await;
     let client = app.client().await;
 
-    let malformed = erase(&client, "nope", "ticket 42").await.unwrap_err();
-    let missing = erase(&client, &Uuid::now_v7().to_string(), "ticket 42")
+    let malformed = client.erase("nope", "ticket 42").await.unwrap_err();
+    let missing = client
+        .erase(&Uuid::now_v7().to_string(), "ticket 42")
         .await
         .unwrap_err();
 
@@ -463,7 +442,8 @@ async fn gdpr_calls_without_the_gdpr_scope_are_permission_denied() {
         .await;
 
     let exported = export(&without_gdpr, &created.id).await.unwrap_err();
-    let erased = erase(&without_gdpr, &created.id, "ticket 42")
+    let erased = without_gdpr
+        .erase(&created.id, "ticket 42")
         .await
         .unwrap_err();
 

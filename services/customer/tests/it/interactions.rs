@@ -312,15 +312,7 @@ async fn an_interaction_for_a_deleted_customer_is_failed_precondition() {
     let app = spawn_app().await;
     let client = app.client().await;
     let customer = client.create(ada()).await.unwrap();
-    client
-        .inner
-        .clone()
-        .delete_customer(client.request(pb::DeleteCustomerRequest {
-            id: customer.id.clone(),
-            etag: String::new(),
-        }))
-        .await
-        .unwrap();
+    client.delete(&customer.id, "").await.unwrap();
 
     let status = create(&client, note(&customer.id, "too late"), "")
         .await

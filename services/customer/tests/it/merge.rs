@@ -8,24 +8,6 @@ use crm_proto::crm::customer::v1 as pb;
 use tonic::Code;
 use uuid::Uuid;
 
-async fn merge(
-    client: &Client,
-    survivor_id: &str,
-    duplicate_ids: &[&str],
-    request_id: &str,
-) -> Result<pb::MergeCustomersResponse, tonic::Status> {
-    Ok(client
-        .inner
-        .clone()
-        .merge_customers(client.request(pb::MergeCustomersRequest {
-            survivor_id: survivor_id.into(),
-            duplicate_ids: duplicate_ids.iter().map(|id| id.to_string()).collect(),
-            request_id: request_id.into(),
-        }))
-        .await?
-        .into_inner())
-}
-
 async fn merge_records(
     client: &Client,
     customer_id: &str,
@@ -117,7 +99,7 @@ async fn a_merged_id_resolves_to_the_survivor_which_gains_the_duplicates_data() 
     dup.company_name = "Engines".into();
     let dup = client.create(dup).await.unwrap();
 
-    let merged = merge(&client, &survivor.id, &[&dup.id], "").await.unwrap();
+    let merged = client.merge(&survivor.id, &[&dup.id], "").await.unwrap();
 
     let via_old_id = client.get(&dup.id).await.unwrap();
     assert_eq!(via_old_id.id, survivor.id);
@@ -138,7 +120,8 @@ async fn the_merge_response_carries_the_survivor_and_the_merge_record() {
     let first = client.create(ada()).await.unwrap();
     let second = client.create(ada()).await.unwrap();
 
-    let response = merge(&client, &survivor.id, &[&second.id, &first.id], "")
+    let response = client
+        .merge(&survivor.id, &[&second.id, &first.id], "")
         .await
         .unwrap();
 
@@ -189,7 +172,8 @@ async fn the_survivor_gains_the_duplicates_contact_points_addresses_tags_and_mis
     dup.addresses = vec![address("shipping", "Ockham")];
     let dup = client.create(dup).await.unwrap();
 
-    let merged = merge(&client, &survivor.id, &[&dup.id], "")
+    let merged = client
+        .merge(&survivor.id, &[&dup.id], "")
         .await
         .unwrap()
         .customer
@@ -252,7 +236,8 @@ async fn the_survivor_keeps_its_own_value_for_a_conflicting_attribute_and_gains_
     ]);
     let dup = client.create(dup).await.unwrap();
 
-    let merged = merge(&client, &survivor.id, &[&dup.id], "")
+    let merged = client
+        .merge(&survivor.id, &[&dup.id], "")
         .await
         .unwrap()
         .customer
@@ -277,7 +262,8 @@ async fn a_duplicates_different_email_and_phone_become_contact_points_of_the_sur
     dup.phone = "+442079460321".into();
     let dup = client.create(dup).await.unwrap();
 
-    let merged = merge(&client, &survivor.id, &[&dup.id], "")
+    let merged = client
+        .merge(&survivor.id, &[&dup.id], "")
         .await
         .unwrap()
         .customer
@@ -341,7 +327,8 @@ async fn the_survivor_gains_the_duplicates_interactions_and_consent_history() {
         .interaction
         .unwrap();
 
-    let merged = merge(&client, &survivor.id, &[&dup.id], "")
+    let merged = client
+        .merge(&survivor.id, &[&dup.id], "")
         .await
         .unwrap()
         .customer
@@ -388,11 +375,13 @@ async fn a_replayed_request_id_returns_the_first_merge_and_merges_nothing_again(
     let survivor = client.create(ada()).await.unwrap();
     let dup = client.create(ada()).await.unwrap();
     let request_id = Uuid::now_v7().to_string();
-    let first = merge(&client, &survivor.id, &[&dup.id], &request_id)
+    let first = client
+        .merge(&survivor.id, &[&dup.id], &request_id)
         .await
         .unwrap();
 
-    let replayed = merge(&client, &survivor.id, &[&dup.id], &request_id)
+    let replayed = client
+        .merge(&survivor.id, &[&dup.id], &request_id)
         .await
         .unwrap();
 
@@ -418,11 +407,13 @@ async fn a_request_id_reused_for_another_merge_already_exists() {
     let dup = client.create(ada()).await.unwrap();
     let other = client.create(ada()).await.unwrap();
     let request_id = Uuid::now_v7().to_string();
-    merge(&client, &survivor.id, &[&dup.id], &request_id)
+    client
+        .merge(&survivor.id, &[&dup.id], &request_id)
         .await
         .unwrap();
 
-    let status = merge(&client, &survivor.id, &[&other.id], &request_id)
+    let status = client
+        .merge(&survivor.id, &[&other.id], &request_id)
         .await
         .unwrap_err();
 
@@ -463,7 +454,8 @@ async fn a_bad_list_of_duplicates_is_invalid_and_merges_nothing() {
         ("more than 20", too_many, "duplicate_ids"),
         ("none", vec![], "duplicate_ids"),
     ] {
-        let status = merge(&client, &survivor.id, &duplicates, "")
+        let status = client
+            .merge(&survivor.id, &duplicates, "")
             .await
             .expect_err(case);
 
@@ -490,7 +482,8 @@ async fn malformed_ids_are_invalid_naming_their_field() {
             "duplicate_ids[1]",
         ),
     ] {
-        let status = merge(&client, survivor_id, &duplicates, "")
+        let status = client
+            .merge(survivor_id, &duplicates, "")
             .await
             .expect_err(case);
 
@@ -516,7 +509,8 @@ async fn an_unknown_customer_is_not_found_and_nothing_is_merged() {
         ),
         ("unknown survivor", unknown.as_str(), vec![dup.id.as_str()]),
     ] {
-        let status = merge(&client, survivor_id, &duplicates, "")
+        let status = client
+            .merge(survivor_id, &duplicates, "")
             .await
             .expect_err(case);
 
@@ -532,18 +526,7 @@ async fn a_deleted_duplicate_or_survivor_is_not_active_and_nothing_is_merged() {
     let survivor = client.create(ada()).await.unwrap();
     let dup = client.create(ada()).await.unwrap();
     let deleted = client.create(ada()).await.unwrap();
-    let deleted = client
-        .inner
-        .clone()
-        .delete_customer(client.request(pb::DeleteCustomerRequest {
-            id: deleted.id.clone(),
-            etag: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap();
+    let deleted = client.delete(&deleted.id, "").await.unwrap();
     assert_eq!(deleted.state, pb::CustomerState::Deleted as i32);
 
     for (case, survivor_id, duplicates) in [
@@ -558,7 +541,8 @@ async fn a_deleted_duplicate_or_survivor_is_not_active_and_nothing_is_merged() {
             vec![dup.id.as_str()],
         ),
     ] {
-        let status = merge(&client, survivor_id, &duplicates, "")
+        let status = client
+            .merge(survivor_id, &duplicates, "")
             .await
             .expect_err(case);
 
@@ -579,12 +563,14 @@ async fn merge_records_are_listed_newest_first() {
     let survivor = client.create(ada()).await.unwrap();
     let older = client.create(ada()).await.unwrap();
     let newer = client.create(ada()).await.unwrap();
-    let first = merge(&client, &survivor.id, &[&older.id], "merge-1")
+    let first = client
+        .merge(&survivor.id, &[&older.id], "merge-1")
         .await
         .unwrap()
         .merge_record
         .unwrap();
-    let second = merge(&client, &survivor.id, &[&newer.id], "merge-2")
+    let second = client
+        .merge(&survivor.id, &[&newer.id], "merge-2")
         .await
         .unwrap()
         .merge_record

@@ -534,15 +534,7 @@ async fn finding_duplicates_of_a_deleted_customer_is_a_failed_precondition() {
     let mut twin = ada();
     twin.phone = original.phone.clone();
     client.create(twin).await.unwrap();
-    client
-        .inner
-        .clone()
-        .delete_customer(client.request(pb::DeleteCustomerRequest {
-            id: original.id.clone(),
-            etag: String::new(),
-        }))
-        .await
-        .unwrap();
+    client.delete(&original.id, "").await.unwrap();
 
     let status = duplicates_of(&client, &original.id).await.unwrap_err();
 
