@@ -3,11 +3,15 @@
 use crm_platform::ApiError;
 use crm_platform::idempotency::{REMEMBER_FOR, complete, purge_expired, replay, request_hash};
 use sqlx::PgPool;
+use std::time::Duration;
 use tonic_types::StatusExt;
 
 use crate::support::{eventually, fresh_database, pool, within};
 
 const SCHEMA: &str = "idem";
+/// How long the contract (proto/README.md) promises a request id is remembered. The tests age
+/// rows against this figure, not against the code's constant, so a wrong constant fails them.
+const CONTRACT_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
 const METHOD: &str = "/crm.test.v1.TestService/CreateThing";
 
 /// A fresh database holding `idem.request_ids` as the module documents it.
@@ -62,7 +66,7 @@ async fn stored(pool: &PgPool, request_id: &str) -> Vec<(Vec<u8>, Option<Vec<u8>
 }
 
 /// Moves the claim of `request_id` `age` into the past.
-async fn age(pool: &PgPool, request_id: &str, age: std::time::Duration) {
+async fn age(pool: &PgPool, request_id: &str, age: Duration) {
     sqlx::query(&format!(
         "UPDATE {SCHEMA}.request_ids SET create_time = now() - make_interval(secs => $2) \
          WHERE request_id = $1"
@@ -74,8 +78,8 @@ async fn age(pool: &PgPool, request_id: &str, age: std::time::Duration) {
     .unwrap();
 }
 
-fn one_minute_past_expiry() -> std::time::Duration {
-    REMEMBER_FOR + std::time::Duration::from_secs(60)
+fn one_minute_past_expiry() -> Duration {
+    CONTRACT_MEMORY + Duration::from_secs(60)
 }
 
 #[tokio::test]
@@ -202,12 +206,7 @@ async fn an_id_older_than_the_memory_window_counts_as_new() {
 async fn an_id_just_inside_the_memory_window_still_replays() {
     let pool = request_ids_table().await;
     call(&pool, "req-1", b"create ada", "ada created").await;
-    age(
-        &pool,
-        "req-1",
-        REMEMBER_FOR - std::time::Duration::from_secs(60),
-    )
-    .await;
+    age(&pool, "req-1", CONTRACT_MEMORY - Duration::from_secs(60)).await;
 
     let replayed = call(&pool, "req-1", b"create ada", "a second ada").await;
 
@@ -223,11 +222,11 @@ async fn purging_deletes_only_expired_request_ids() {
     age(
         &pool,
         "almost-expired",
-        REMEMBER_FOR - std::time::Duration::from_secs(60),
+        CONTRACT_MEMORY - Duration::from_secs(60),
     )
     .await;
     age(&pool, "expired", one_minute_past_expiry()).await;
-    age(&pool, "long-expired", REMEMBER_FOR * 7).await;
+    age(&pool, "long-expired", CONTRACT_MEMORY * 7).await;
 
     let purged = purge_expired(&pool, SCHEMA).await.unwrap();
 
@@ -300,4 +299,9 @@ async fn a_claim_whose_transaction_rolls_back_leaves_the_id_free() {
 
     assert_eq!(replayed, None, "the retry must do the work itself");
     assert_eq!(stored(&pool, "req-1").await.len(), 1);
+}
+
+#[test]
+fn request_ids_are_remembered_for_the_24_hours_the_contract_states() {
+    assert_eq!(REMEMBER_FOR, CONTRACT_MEMORY);
 }
