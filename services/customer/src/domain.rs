@@ -680,3 +680,6 @@ mod tests {
         assert!(stored.attributes.values.is_empty());
     }
 }
+
+#[cfg(test)]
+mod limit_tests;
