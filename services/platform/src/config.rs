@@ -62,7 +62,8 @@ fn default_client_timeout_ms() -> u64 {
 pub struct ServerConfig {
     /// `server.listen_addr`: where gRPC is served. Default `127.0.0.1:50051`.
     pub listen_addr: SocketAddr,
-    /// `server.default_timeout_ms`: deadline for calls that send no `grpc-timeout`. Default 10000.
+    /// `server.default_timeout_ms`: deadline of calls that send no `grpc-timeout`, and the cap on
+    /// those that ask for longer. Default 10000.
     pub default_timeout_ms: u64,
     /// `server.concurrency_limit`: calls served at once across all connections; beyond it calls
     /// are shed with RESOURCE_EXHAUSTED instead of queueing. Default 512.
