@@ -1,4 +1,4 @@
-//! Compiles every `.proto` under `crm/` with protox (pure Rust, so a fresh machine needs only the
+//! Compiles every `.proto` under `crm/` (and the vendored `google.longrunning`) with protox (pure Rust, so a fresh machine needs only the
 //! Rust toolchain) and writes the encoded descriptor set that servers hand to reflection.
 
 use std::path::{Path, PathBuf};
@@ -8,10 +8,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut protos = Vec::new();
     collect_protos(&root.join("crm"), &mut protos)?;
     protos.sort();
+    // Served by every service that has long work, whether or not a contract imports it yet.
+    protos.push(root.join("google/longrunning/operations.proto"));
 
     // tonic-prost-build prints no rerun-if-changed lines, so without these cargo would never
     // regenerate after a contract edit.
     println!("cargo:rerun-if-changed=crm");
+    println!("cargo:rerun-if-changed=google");
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }

@@ -9,6 +9,26 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/crm_descriptor.bin"));
 
+/// The googleapis packages the contracts import, vendored under `proto/google/`.
+pub mod google {
+    /// `google.api`: field behaviour and HTTP annotations.
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
+    /// `google.longrunning`: the AIP-151 `Operation` and the `Operations` service.
+    pub mod longrunning {
+        tonic::include_proto!("google.longrunning");
+    }
+    /// `google.rpc`: the `Status` carried by operations and per-item results.
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+    /// `google.type`: calendar dates, times of day and weekdays.
+    pub mod r#type {
+        tonic::include_proto!("google.r#type");
+    }
+}
+
 /// Generated code, one module per proto package.
 pub mod crm {
     /// `crm.common.v1`: types shared by every service.
