@@ -1,4 +1,5 @@
-//! Compiles every `.proto` under `crm/` (and the vendored `google.longrunning`) with protox (pure Rust, so a fresh machine needs only the
+//! Compiles every `.proto` under `crm/`, the vendored KServe V2 `inference/` and
+//! `google.longrunning` with protox (pure Rust, so a fresh machine needs only the
 //! Rust toolchain) and writes the encoded descriptor set that servers hand to reflection.
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut protos = Vec::new();
     collect_protos(&root.join("crm"), &mut protos)?;
     protos.sort();
+    // The Open Inference Protocol (KServe V2), served beside the typed inference API.
+    collect_protos(&root.join("inference"), &mut protos)?;
     // Served by every service that has long work, whether or not a contract imports it yet.
     protos.push(root.join("google/longrunning/operations.proto"));
 
@@ -15,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // regenerate after a contract edit.
     println!("cargo:rerun-if-changed=crm");
     println!("cargo:rerun-if-changed=google");
+    println!("cargo:rerun-if-changed=inference");
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }

@@ -29,6 +29,12 @@ pub mod google {
     }
 }
 
+/// `inference`: the Open Inference Protocol (KServe V2 `GRPCInferenceService`), vendored under
+/// `proto/inference/` so standard inference clients can call the inference service's models.
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
 /// Generated code, one module per proto package.
 pub mod crm {
     /// `crm.common.v1`: types shared by every service.
