@@ -5,5 +5,6 @@
 mod cache;
 mod contract_filters;
 mod db;
+mod filter_sql;
 mod idempotency;
 mod support;
