@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crm_platform::auth::Principal;
 use crm_platform::cache::{Cache, Entry};
 use crm_platform::db::bind_filter_params;
-use crm_platform::filter::{self, FieldType, FilterSchema, OrderTerm};
+use crm_platform::filter::{self, EnumDef, FieldType, FilterSchema, OrderTerm};
 use crm_platform::idempotency;
 use crm_platform::page_token::{PageTokenCodec, query_fingerprint};
 use crm_platform::paging::{SortKey, keyset_after, keyset_order_by, page_size};
@@ -38,6 +38,12 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + '
 /// bound keeps a bug from looping).
 const MAX_MERGE_HOPS: usize = 8;
 
+static LIFECYCLE_STAGE: EnumDef = EnumDef::new("LIFECYCLE_STAGE_", LIFECYCLE_STAGES);
+static INTERACTION_TYPE: EnumDef =
+    EnumDef::new("INTERACTION_TYPE_", &["CALL", "EMAIL", "MEETING", "NOTE"]);
+static INTERACTION_DIRECTION: EnumDef =
+    EnumDef::new("INTERACTION_DIRECTION_", &["INBOUND", "OUTBOUND"]);
+
 static CUSTOMER_FILTER: LazyLock<FilterSchema> = LazyLock::new(|| {
     FilterSchema::new()
         .field("display_name", FieldType::Text, "c.display_name")
@@ -48,7 +54,7 @@ static CUSTOMER_FILTER: LazyLock<FilterSchema> = LazyLock::new(|| {
         .field("company_name", FieldType::Text, "c.company_name")
         .field(
             "lifecycle_stage",
-            FieldType::Enum(LIFECYCLE_STAGES),
+            FieldType::Enum(&LIFECYCLE_STAGE),
             "c.lifecycle_stage",
         )
         .field("owner_id", FieldType::Text, "c.owner_id")
@@ -61,14 +67,10 @@ static CUSTOMER_FILTER: LazyLock<FilterSchema> = LazyLock::new(|| {
 
 static INTERACTION_FILTER: LazyLock<FilterSchema> = LazyLock::new(|| {
     FilterSchema::new()
-        .field(
-            "type",
-            FieldType::Enum(&["CALL", "EMAIL", "MEETING", "NOTE"]),
-            "type",
-        )
+        .field("type", FieldType::Enum(&INTERACTION_TYPE), "type")
         .field(
             "direction",
-            FieldType::Enum(&["INBOUND", "OUTBOUND"]),
+            FieldType::Enum(&INTERACTION_DIRECTION),
             "direction",
         )
         .field("owner_id", FieldType::Text, "owner_id")

@@ -143,7 +143,10 @@ pub fn bind_filter_params<'q, O>(
             SqlValue::Float(v) => query.bind(*v),
             SqlValue::Bool(v) => query.bind(*v),
             SqlValue::Timestamp(v) => query.bind(*v),
+            SqlValue::Date(v) => query.bind(*v),
+            SqlValue::Interval(v) => query.bind(*v),
             SqlValue::Uuid(v) => query.bind(*v),
+            SqlValue::TextArray(v) => query.bind(v.as_slice()),
         };
     }
     query
