@@ -14,8 +14,8 @@
 //! README lists, each enum exists in the descriptor set, each `Example:` parses and compiles
 //! against a schema built from the declaration, each `Order by:` default parses. An item may wrap
 //! onto the next comment line only inside backticks. Prose may precede `Filter over:`; nothing may
-//! follow the block. Only fields of `…Request` messages are contracts (a stored filter such as
-//! `DynamicSegmentDefinition.filter` points at the request whose grammar it uses).
+//! follow the block. Every `…Request` filter must declare its fields; a stored filter (such as
+//! `DynamicSegmentDefinition.filter`) is checked the same way when it declares them.
 //!
 //! Failures are collected and reported together, one `file:line: problem` per line.
 
@@ -128,7 +128,7 @@ impl Extracted {
     }
 }
 
-/// Finds every request `string filter = N;` in `text` and reads the comment block above it.
+/// Finds every `string filter = N;` in `text` and reads the comment block above it.
 fn extract(file: &str, text: &str) -> Extracted {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Extracted::default();
@@ -146,12 +146,14 @@ fn extract(file: &str, text: &str) -> Extracted {
             out.list_rpcs += 1;
         }
         let message = scopes.iter().rev().find_map(Clone::clone);
-        if let Some(message) = message.filter(|m| m.ends_with("Request") && is_filter_field(code)) {
+        if let Some(message) = message.filter(|_| is_filter_field(code)) {
             let line = index + 1;
             let comment = comment_above(&lines, index);
             let block = read_block(file, &comment);
             out.blocks_seen += usize::from(block.is_some());
             match block {
+                // A stored filter (not a request field) is checked when it declares its fields.
+                None if !message.ends_with("Request") => {}
                 None => out.undeclared.push(Failure::new(
                     file,
                     line,
@@ -675,6 +677,73 @@ fn every_package_with_list_rpcs_declares_every_request_filter() {
 
     report(
         "request filters without a `Filter over:` declaration",
+        failures,
+    );
+}
+
+/// A field's declared type with enums fully qualified, so declarations in two packages compare.
+fn qualified_type(type_text: &str, package: &str) -> String {
+    let (prefix, name) = match type_text.rsplit_once(' ') {
+        Some((prefix, name)) if prefix.ends_with("enum") => (prefix, name),
+        _ => return type_text.to_owned(),
+    };
+    if name.contains('.') {
+        type_text.to_owned()
+    } else {
+        format!("{prefix} {package}.{name}")
+    }
+}
+
+#[test]
+fn a_segment_filter_over_customer_fields_only_is_a_valid_list_customers_filter() {
+    let packages = extract_all();
+    let block = |package: &str, message: &str| {
+        packages[package]
+            .blocks
+            .iter()
+            .find(|b| b.message == message)
+            .unwrap_or_else(|| panic!("no `Filter over:` block on {message}.filter"))
+            .clone()
+    };
+    let customers = block("customer", "ListCustomersRequest");
+    let segment = block("marketing", "DynamicSegmentDefinition");
+    let customer_types: HashMap<&str, String> = customers
+        .fields
+        .iter()
+        .map(|f| {
+            (
+                f.name.as_str(),
+                qualified_type(&f.type_text, &customers.package),
+            )
+        })
+        .collect();
+
+    let mut failures = Vec::new();
+    for field in segment
+        .fields
+        .iter()
+        .filter(|f| !f.name.starts_with("purchases."))
+    {
+        let declared = qualified_type(&field.type_text, &segment.package);
+        match customer_types.get(field.name.as_str()) {
+            Some(listed) if *listed == declared => {}
+            Some(listed) => failures.push(Failure::new(
+                &segment.file,
+                field.line,
+                format!(
+                    "`{}` is `{declared}` here but `{listed}` in ListCustomers",
+                    field.name
+                ),
+            )),
+            None => failures.push(Failure::new(
+                &segment.file,
+                field.line,
+                format!("`{}` is not a ListCustomers filter field", field.name),
+            )),
+        }
+    }
+    report(
+        "segment customer fields that ListCustomers does not accept",
         failures,
     );
 }
