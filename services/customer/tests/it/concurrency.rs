@@ -196,6 +196,42 @@ async fn list_customers_called_at_four_times_the_pool_size_all_succeed() {
 }
 
 #[tokio::test]
+async fn the_operations_called_at_four_times_the_pool_size_all_answer_unimplemented() {
+    let app = small_pool_app(&[]).await;
+    let client = app.client().await;
+    let target = client.create(ada()).await.unwrap();
+
+    let erasures = at_once(|_| {
+        let mut inner = client.inner.clone();
+        let request = client.request(pb::EraseCustomerRequest {
+            id: target.id.clone(),
+            reason: "ticket 42".into(),
+            request_id: String::new(),
+        });
+        async move { inner.erase_customer(request).await }
+    })
+    .await;
+    let exports = at_once(|_| {
+        let mut inner = client.inner.clone();
+        let request = client.request(pb::ExportCustomerDataRequest {
+            id: target.id.clone(),
+            request_id: String::new(),
+        });
+        async move { inner.export_customer_data(request).await }
+    })
+    .await;
+
+    // Each looks the customer up on a pooled connection first: none may end UNAVAILABLE.
+    for (rpc, results) in [("EraseCustomer", erasures), ("ExportCustomerData", exports)] {
+        let codes: Vec<Code> = results
+            .iter()
+            .map(|r| r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok))
+            .collect();
+        assert_eq!(codes, vec![Code::Unimplemented; CALLS], "{rpc}");
+    }
+}
+
+#[tokio::test]
 async fn every_read_called_at_four_times_the_pool_size_succeeds() {
     let app = small_pool_app(&[]).await;
     let client = app.client().await;
