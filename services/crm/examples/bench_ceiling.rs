@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use crm_proto::crm::common::v1::{AuditInfo, PostalAddress};
+use crm_proto::crm::common::v1::{AuditInfo, PostalAddress, Principal, PrincipalKind};
 use crm_proto::crm::customer::v1::attribute_value::Kind;
 use crm_proto::crm::customer::v1::customer_service_server::{
     CustomerService, CustomerServiceServer,
@@ -21,18 +21,21 @@ use crm_proto::crm::customer::v1::{
     AttributeValue, BatchGetCustomersRequest, BatchGetCustomersResponse, CreateCustomerRequest,
     CreateCustomerResponse, CreateInteractionRequest, CreateInteractionResponse, Customer,
     CustomerAddress, CustomerState, DeleteCustomerRequest, DeleteCustomerResponse,
-    EraseCustomerRequest, EraseCustomerResponse, ExportCustomerDataRequest,
-    ExportCustomerDataResponse, ExportCustomersRequest, ExportCustomersResponse,
+    EraseCustomerRequest, EraseServiceCustomerDataRequest, EraseServiceCustomerDataResponse,
+    ExportCustomerDataRequest, ExportCustomersRequest, ExportCustomersResponse,
+    ExportServiceCustomerDataRequest, ExportServiceCustomerDataResponse,
     FindDuplicateCustomersRequest, FindDuplicateCustomersResponse, GetCustomerRequest,
     GetCustomerResponse, ImportCustomersRequest, ImportCustomersResponse, LifecycleStage,
-    ListConsentHistoryRequest, ListConsentHistoryResponse, ListCustomersRequest,
-    ListCustomersResponse, ListInteractionsRequest, ListInteractionsResponse,
-    ListMergeRecordsRequest, ListMergeRecordsResponse, MergeCustomersRequest,
-    MergeCustomersResponse, RecordConsentRequest, RecordConsentResponse, SearchCustomersRequest,
+    ListConsentHistoryRequest, ListConsentHistoryResponse, ListCustomerFieldChangesRequest,
+    ListCustomerFieldChangesResponse, ListCustomersRequest, ListCustomersResponse,
+    ListInteractionsRequest, ListInteractionsResponse, ListMergeRecordsRequest,
+    ListMergeRecordsResponse, MergeCustomersRequest, MergeCustomersResponse, RecordConsentRequest,
+    RecordConsentResponse, ScanDuplicateCustomersRequest, SearchCustomersRequest,
     SearchCustomersResponse, UndeleteCustomerRequest, UndeleteCustomerResponse,
     UpdateCustomerRequest, UpdateCustomerResponse, WatchCustomerChangesRequest,
     WatchCustomerChangesResponse,
 };
+use crm_proto::google::longrunning::Operation;
 use prost::Message as _;
 use prost_types::Timestamp;
 use tonic::codegen::BoxStream;
@@ -67,7 +70,10 @@ fn fixed_customer() -> Customer {
         phone: "+4915100004711".into(),
         company_name: "Acme GmbH".into(),
         lifecycle_stage: LifecycleStage::Customer as i32,
-        owner_id: "rep-7".into(),
+        owner: Some(Principal {
+            kind: PrincipalKind::User as i32,
+            id: "rep-7".into(),
+        }),
         tags: vec!["vip".into(), "newsletter".into()],
         attributes: BTreeMap::from([
             ("plan".to_string(), str_attr("enterprise")),
@@ -94,9 +100,16 @@ fn fixed_customer() -> Customer {
         audit: Some(AuditInfo {
             create_time: Some(created),
             update_time: Some(updated),
-            created_by: "seed".into(),
-            updated_by: "seed".into(),
+            creator: Some(seeder()),
+            updater: Some(seeder()),
         }),
+    }
+}
+
+fn seeder() -> Principal {
+    Principal {
+        kind: PrincipalKind::Service as i32,
+        id: "seed".into(),
     }
 }
 
@@ -192,14 +205,42 @@ impl CustomerService for Ceiling {
     async fn erase_customer(
         &self,
         _request: Request<EraseCustomerRequest>,
-    ) -> Result<Response<EraseCustomerResponse>, Status> {
+    ) -> Result<Response<Operation>, Status> {
         unimplemented()
     }
 
     async fn export_customer_data(
         &self,
         _request: Request<ExportCustomerDataRequest>,
-    ) -> Result<Response<ExportCustomerDataResponse>, Status> {
+    ) -> Result<Response<Operation>, Status> {
+        unimplemented()
+    }
+
+    async fn erase_service_customer_data(
+        &self,
+        _request: Request<EraseServiceCustomerDataRequest>,
+    ) -> Result<Response<EraseServiceCustomerDataResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn export_service_customer_data(
+        &self,
+        _request: Request<ExportServiceCustomerDataRequest>,
+    ) -> Result<Response<ExportServiceCustomerDataResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_customer_field_changes(
+        &self,
+        _request: Request<ListCustomerFieldChangesRequest>,
+    ) -> Result<Response<ListCustomerFieldChangesResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn scan_duplicate_customers(
+        &self,
+        _request: Request<ScanDuplicateCustomersRequest>,
+    ) -> Result<Response<Operation>, Status> {
         unimplemented()
     }
 

@@ -58,6 +58,10 @@ enum Command {
         /// Validity in hours.
         #[arg(long, default_value_t = 12)]
         hours: u64,
+        /// Mint a service's token (claim `principal_kind: "service"`): audit fields and change
+        /// events then name the subject as a SERVICE principal instead of a USER.
+        #[arg(long)]
+        service: bool,
     },
     /// Load realistic demo data (idempotent: tops up to the requested count).
     Seed {
@@ -176,6 +180,7 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
             subject,
             scopes,
             hours,
+            service,
         } => {
             let (secret, dev) = config.jwt_secret();
             if dev {
@@ -186,7 +191,12 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
             } else {
                 scopes.iter().map(String::as_str).collect()
             };
-            let token = crm_platform::auth::mint_token(
+            let mint = if service {
+                crm_platform::auth::mint_service_token
+            } else {
+                crm_platform::auth::mint_token
+            };
+            let token = mint(
                 secret,
                 &config.auth.issuer,
                 &config.auth.audience,

@@ -2,7 +2,7 @@
 //! requested count instead of duplicating.
 
 use anyhow::Context as _;
-use crm_customer::domain::{Address, Attributes, ContactPoint, CustomerFields};
+use crm_customer::domain::{Address, Attributes, ContactPoint, CustomerFields, Principal};
 use crm_platform::config::Config;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -143,7 +143,10 @@ pub fn demo_customer(i: u32) -> CustomerFields {
         phone: Some(format!("+49151{:08}", i)),
         company_name: company.map(str::to_string),
         lifecycle_stage: STAGES[rng.random_range(0..STAGES.len())],
-        owner_id: Some(format!("rep-{}", rng.random_range(1..=12))),
+        owner: Some(Principal {
+            kind: "USER",
+            id: format!("rep-{}", rng.random_range(1..=12)),
+        }),
         source: Some("seed".into()),
         tags,
         attributes: Attributes {
@@ -190,12 +193,17 @@ pub async fn run(config: &Config, target: u32) -> anyhow::Result<()> {
         )
         .context("progress template")?,
     );
+    // The seed is written by a service, not a person.
+    let seeder = Principal {
+        kind: "SERVICE",
+        id: "seed".into(),
+    };
     let mut i = start;
     while i < target {
         let mut tx = database.pool.begin().await?;
         let batch_end = (i + 1000).min(target);
         for n in i..batch_end {
-            crm_customer::store::insert(&mut tx, Uuid::now_v7(), &demo_customer(n), "seed")
+            crm_customer::store::insert(&mut tx, Uuid::now_v7(), &demo_customer(n), &seeder)
                 .await
                 .map_err(|e| anyhow::anyhow!("inserting demo customer {n}: {e}"))?;
         }

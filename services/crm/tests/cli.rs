@@ -137,6 +137,36 @@ fn token_with_named_scopes_grants_only_those() {
 }
 
 #[test]
+fn token_with_service_names_a_service_principal_and_without_it_a_user() {
+    let policy = crm_platform::auth::AuthPolicy::new(
+        SECRET,
+        "crm-suite",
+        "crm-suite",
+        &[crm_customer::SCOPES],
+    );
+    let kind_of = |args: &[&str]| {
+        let output = crm().args(args).output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let header = format!("Bearer {}", stdout.lines().last().unwrap());
+        policy
+            .authorize(
+                "/crm.customer.v1.CustomerService/GetCustomer",
+                Some(&header),
+            )
+            .unwrap()
+            .unwrap()
+            .kind
+    };
+
+    let service = kind_of(&["token", "--subject", "sales", "--service"]);
+    let person = kind_of(&["token", "--subject", "ops"]);
+
+    assert_eq!(service, crm_proto::crm::common::v1::PrincipalKind::Service);
+    assert_eq!(person, crm_proto::crm::common::v1::PrincipalKind::User);
+}
+
+#[test]
 fn grpcurl_can_list_call_and_the_server_stops_cleanly_on_sigterm() {
     let database_url = fresh_database();
     let port = free_port();

@@ -10,6 +10,14 @@ use crm_proto::crm::customer::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+pub mod consent;
+pub mod history;
+mod patch;
+pub mod principal;
+
+pub use patch::{CustomerPatch, OUTPUT_ONLY_PATHS, UPDATABLE_PATHS, validate_mask};
+pub use principal::{PRINCIPAL_KIND, PRINCIPAL_KINDS, Principal};
+
 /// Most tags one customer may carry.
 pub const MAX_TAGS: usize = 50;
 /// Most custom attributes one customer may carry.
@@ -21,6 +29,9 @@ pub const MAX_ADDRESSES: usize = 10;
 
 /// Lifecycle stages as stored (the enum's names without prefix).
 pub const LIFECYCLE_STAGES: &[&str] = &["SUBSCRIBER", "LEAD", "OPPORTUNITY", "CUSTOMER", "CHURNED"];
+
+/// Customer states as stored (the enum's names without `CUSTOMER_STATE_`).
+pub const CUSTOMER_STATES: &[&str] = &["ACTIVE", "DELETED", "MERGED", "ERASED"];
 
 /// Whether `email` looks like a deliverable address: one `@`, a non-empty local part of at most
 /// 64 characters, a dotted domain of letters, digits and hyphens, 254 characters in all.
@@ -253,8 +264,8 @@ pub struct CustomerFields {
     pub company_name: Option<String>,
     /// Stored lifecycle stage name.
     pub lifecycle_stage: &'static str,
-    /// Owner.
-    pub owner_id: Option<String>,
+    /// Owner: a USER or a TEAM.
+    pub owner: Option<Principal>,
     /// Source.
     pub source: Option<String>,
     /// Normalised tags.
@@ -271,23 +282,6 @@ fn non_empty(s: &str) -> Option<String> {
     let trimmed = s.trim();
     (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
-
-/// Paths UpdateCustomer accepts in its mask (besides `attributes.<key>`).
-pub const UPDATABLE_PATHS: &[&str] = &[
-    "display_name",
-    "email",
-    "given_name",
-    "family_name",
-    "phone",
-    "company_name",
-    "lifecycle_stage",
-    "owner_id",
-    "tags",
-    "attributes",
-    "contact_points",
-    "addresses",
-    "source",
-];
 
 impl CustomerFields {
     /// Validates every writable field of `c`; violations are reported under `prefix`
@@ -321,7 +315,6 @@ impl CustomerFields {
             ("given_name", &c.given_name, 100),
             ("family_name", &c.family_name, 100),
             ("company_name", &c.company_name, 200),
-            ("owner_id", &c.owner_id, 100),
             ("source", &c.source, 100),
         ] {
             check_len(v, &f(name), value, max);
@@ -348,6 +341,7 @@ impl CustomerFields {
         if tags.len() > MAX_TAGS {
             v.add(f("tags"), format!("at most {MAX_TAGS} tags"));
         }
+        let owner = Principal::owner_from_proto(c.owner.as_ref(), &f("owner"), v);
         let attributes = Attributes::from_proto(&c.attributes, &f("attributes"), v);
         if c.contact_points.len() > MAX_CONTACT_POINTS {
             v.add(f("contact_points"), format!("at most {MAX_CONTACT_POINTS}"));
@@ -432,7 +426,7 @@ impl CustomerFields {
             phone,
             company_name: non_empty(&c.company_name),
             lifecycle_stage,
-            owner_id: non_empty(&c.owner_id),
+            owner,
             source: non_empty(&c.source),
             tags,
             attributes,
@@ -448,91 +442,7 @@ impl CustomerFields {
         incoming: &pb::Customer,
         paths: &[String],
     ) -> Result<(), FieldViolations> {
-        let mut v = FieldViolations::new();
-        if paths.is_empty() {
-            v.add("update_mask", "name at least one field to update");
-            return Err(v);
-        }
-        for (i, path) in paths.iter().enumerate() {
-            let known = UPDATABLE_PATHS.contains(&path.as_str())
-                || path
-                    .strip_prefix("attributes.")
-                    .is_some_and(is_valid_attribute_key);
-            if !known {
-                v.add(
-                    format!("update_mask.paths[{i}]"),
-                    format!(
-                        "{path:?} is not updatable; use one of {} or attributes.<key>",
-                        UPDATABLE_PATHS.join(", ")
-                    ),
-                );
-            }
-        }
-        if !v.is_empty() {
-            return Err(v);
-        }
-        // Validate the incoming message as a whole, then keep only violations of masked fields:
-        // unmasked fields are ignored, as AIP-134 says.
-        let mut all = FieldViolations::new();
-        let validated = Self::validate_all(incoming, "customer", &mut all);
-        for violation in all.iter() {
-            let field = violation.field.trim_start_matches("customer.");
-            let masked = paths.iter().any(|p| {
-                field == p
-                    || field.starts_with(&format!("{p}."))
-                    || field.starts_with(&format!("{p}["))
-            });
-            if masked {
-                v.add(&violation.field, &violation.description);
-            }
-        }
-        if !v.is_empty() {
-            return Err(v);
-        }
-        for path in paths {
-            match path.as_str() {
-                "display_name" => self.display_name = validated.display_name.clone(),
-                "email" => self.email = validated.email.clone(),
-                "given_name" => self.given_name = validated.given_name.clone(),
-                "family_name" => self.family_name = validated.family_name.clone(),
-                "phone" => self.phone = validated.phone.clone(),
-                "company_name" => self.company_name = validated.company_name.clone(),
-                "lifecycle_stage" => self.lifecycle_stage = validated.lifecycle_stage,
-                "owner_id" => self.owner_id = validated.owner_id.clone(),
-                "source" => self.source = validated.source.clone(),
-                "tags" => self.tags = validated.tags.clone(),
-                "attributes" => self.attributes = validated.attributes.clone(),
-                "contact_points" => self.contact_points = validated.contact_points.clone(),
-                "addresses" => self.addresses = validated.addresses.clone(),
-                other => {
-                    let key = other.trim_start_matches("attributes.");
-                    self.attributes.timestamp_keys.retain(|k| k != key);
-                    match validated.attributes.values.get(key) {
-                        Some(value) => {
-                            self.attributes
-                                .values
-                                .insert(key.to_string(), value.clone());
-                            if validated.attributes.timestamp_keys.iter().any(|k| k == key) {
-                                self.attributes.timestamp_keys.push(key.to_string());
-                            }
-                        }
-                        None => {
-                            self.attributes.values.remove(key);
-                        }
-                    }
-                }
-            }
-        }
-        if self.display_name.is_empty() {
-            v.add("customer.display_name", "is required");
-        }
-        if self.attributes.values.len() > MAX_ATTRIBUTES {
-            v.add(
-                "customer.attributes",
-                format!("at most {MAX_ATTRIBUTES} attributes"),
-            );
-        }
-        if v.is_empty() { Ok(()) } else { Err(v) }
+        CustomerPatch::new(incoming, paths)?.apply(self)
     }
 }
 
@@ -646,6 +556,57 @@ mod tests {
             .apply_mask(&customer("Ada"), &["id".to_string()])
             .unwrap_err();
         assert_eq!(err.iter().next().unwrap().field, "update_mask.paths[0]");
+    }
+
+    #[test]
+    fn the_wildcard_and_server_set_paths_are_rejected_naming_the_path() {
+        for path in [
+            "*",
+            "id",
+            "etag",
+            "state",
+            "audit",
+            "audit.creator",
+            "consents",
+            "merged_into_id",
+            "delete_time",
+            "owner_id",
+            "owner.kind",
+        ] {
+            let err = validate_mask(&["display_name".to_string(), path.to_string()]).unwrap_err();
+
+            let violations: Vec<_> = err.iter().collect();
+            assert_eq!(violations.len(), 1, "{path}");
+            assert_eq!(violations[0].field, "update_mask.paths[1]", "{path}");
+            assert!(violations[0].description.contains(path), "{path}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_owner_is_set_and_cleared_through_its_path() {
+        let mut stored = CustomerFields::from_proto(&customer("Ada"), "customer").unwrap();
+        let mut incoming = customer("Ada");
+        incoming.owner = Some(crm_proto::crm::common::v1::Principal {
+            kind: crm_proto::crm::common::v1::PrincipalKind::Team as i32,
+            id: "emea-sales".into(),
+        });
+
+        stored
+            .apply_mask(&incoming, &["owner".to_string()])
+            .unwrap();
+        let owned = stored.owner.clone();
+        stored
+            .apply_mask(&customer("Ada"), &["owner".to_string()])
+            .unwrap();
+
+        assert_eq!(
+            owned,
+            Some(Principal {
+                kind: "TEAM",
+                id: "emea-sales".into()
+            })
+        );
+        assert_eq!(stored.owner, None);
     }
 
     #[test]

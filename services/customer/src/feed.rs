@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use crm_platform::ApiError;
-use crm_proto::crm::common::v1::ChangeType;
+use crm_proto::crm::common::v1::{ChangeHeader, ChangeType};
 use crm_proto::crm::customer::v1 as pb;
 use futures::Stream;
 use prost::Message;
@@ -82,35 +82,77 @@ struct ChangeRow {
     merged_into_id: Option<Uuid>,
     snapshot: Option<Vec<u8>>,
     change_time: chrono::DateTime<chrono::Utc>,
+    version: Option<i64>,
+    changed_paths: Vec<String>,
+    actor_kind: String,
+    actor_id: String,
 }
 
+/// `ChangeHeader.resource_type` of every event of this feed.
+pub const RESOURCE_TYPE: &str = "crm.customer.v1.Customer";
+
 impl ChangeRow {
+    fn change_type(&self) -> ChangeType {
+        ChangeType::from_str_name(&self.change_type).unwrap_or_default()
+    }
+
     fn to_proto(&self) -> pb::WatchCustomerChangesResponse {
+        let header = ChangeHeader {
+            resume_token: self.seq.to_string(),
+            change_type: self.change_type() as i32,
+            resource_type: RESOURCE_TYPE.to_string(),
+            resource_id: self.customer_id.to_string(),
+            // Events written before versions were kept say 0.
+            version: self.version.unwrap_or_default(),
+            changed_paths: (!self.changed_paths.is_empty()).then(|| prost_types::FieldMask {
+                paths: self.changed_paths.clone(),
+            }),
+            change_time: Some(domain::timestamp_to_proto(self.change_time)),
+            actor: Some(domain::Principal::stored(&self.actor_kind, &self.actor_id).to_proto()),
+            merged_into_id: self
+                .merged_into_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+        };
         pb::WatchCustomerChangesResponse {
             event: Some(pb::CustomerChangeEvent {
-                resume_token: self.seq.to_string(),
-                change_type: ChangeType::from_str_name(&self.change_type).unwrap_or_default()
-                    as i32,
-                customer_id: self.customer_id.to_string(),
+                header: Some(header),
                 customer: self
                     .snapshot
                     .as_deref()
                     .and_then(|bytes| pb::Customer::decode(bytes).ok()),
-                merged_into_id: self
-                    .merged_into_id
-                    .map(|id| id.to_string())
-                    .unwrap_or_default(),
-                change_time: Some(domain::timestamp_to_proto(self.change_time)),
             }),
         }
     }
 }
 
+/// The change types a watch asks for (empty: all); UNSPECIFIED and unknown values are
+/// INVALID_ARGUMENT naming their index.
+pub fn change_types(req: &pb::WatchCustomerChangesRequest) -> Result<Vec<ChangeType>> {
+    let mut v = crm_platform::FieldViolations::new();
+    let mut types = Vec::new();
+    for (i, value) in req.change_types.iter().enumerate() {
+        match ChangeType::try_from(*value) {
+            Ok(ChangeType::Unspecified) | Err(_) => v.add(
+                format!("change_types[{i}]"),
+                "must be CREATED, UPDATED, DELETED, UNDELETED, MERGED or ERASED",
+            ),
+            Ok(kind) => types.push(kind),
+        }
+    }
+    v.into_result()?;
+    Ok(types)
+}
+
 /// Streams events after `after` until the caller goes away.
+///
+/// Only events of `types` are sent (all when empty). The filter runs here, not in SQL: the
+/// reader must see every sequence number to tell a gap still filling from one that never will.
 pub fn stream(
     db: PgPool,
     mut changes: watch::Receiver<u64>,
     mut after: i64,
+    types: Vec<ChangeType>,
 ) -> impl Stream<Item = Result<pb::WatchCustomerChangesResponse, Status>> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
@@ -118,7 +160,8 @@ pub fn stream(
         let mut gap: Option<(i64, Instant)> = None;
         loop {
             let batch: Result<Vec<ChangeRow>, sqlx::Error> = sqlx::query_as(
-                "SELECT seq, customer_id, change_type, merged_into_id, snapshot, change_time \
+                "SELECT seq, customer_id, change_type, merged_into_id, snapshot, change_time, \
+                   version, changed_paths, actor_kind, actor_id \
                  FROM customer.changes WHERE seq > $1 ORDER BY seq LIMIT $2",
             )
             .bind(after)
@@ -151,7 +194,8 @@ pub fn stream(
                 }
                 gap = None;
                 after = row.seq;
-                if tx.send(Ok(row.to_proto())).await.is_err() {
+                let wanted = types.is_empty() || types.contains(&row.change_type());
+                if wanted && tx.send(Ok(row.to_proto())).await.is_err() {
                     return;
                 }
             }

@@ -9,14 +9,24 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
-use crate::domain::{self, Address, Attributes, ContactPoint, CustomerFields};
+use crate::domain::consent::ValidConsent;
+use crate::domain::{self, Address, Attributes, ContactPoint, CustomerFields, Principal};
 use crate::error::Result;
+
+mod history;
+mod interactions;
+mod merges;
+
+pub use history::{FieldChangeRow, field_changes, insert_field_changes};
+pub use interactions::{INTERACTION_COLUMNS, InteractionRow, all_interactions, insert_interaction};
+pub use merges::{MergePage, insert_merge, merge_records, merges_page};
 
 /// Every column of `customer.customers` a read needs.
 pub const CUSTOMER_COLUMNS: &str = "c.id, c.version, c.state, c.display_name, c.email, \
-    c.given_name, c.family_name, c.phone, c.company_name, c.lifecycle_stage, c.owner_id, \
-    c.source, c.tags, c.attributes, c.attribute_timestamps, c.contact_points, c.addresses, \
-    c.merged_into_id, c.delete_time, c.create_time, c.update_time, c.created_by, c.updated_by";
+    c.given_name, c.family_name, c.phone, c.company_name, c.lifecycle_stage, c.owner_kind, \
+    c.owner_id, c.source, c.tags, c.attributes, c.attribute_timestamps, c.contact_points, \
+    c.addresses, c.merged_into_id, c.delete_time, c.create_time, c.update_time, \
+    c.created_by_kind, c.created_by, c.updated_by_kind, c.updated_by";
 
 /// One stored customer.
 #[derive(Debug, Clone, FromRow)]
@@ -31,6 +41,7 @@ pub struct CustomerRow {
     pub phone: Option<String>,
     pub company_name: Option<String>,
     pub lifecycle_stage: String,
+    pub owner_kind: Option<String>,
     pub owner_id: Option<String>,
     pub source: Option<String>,
     pub tags: Vec<String>,
@@ -42,7 +53,9 @@ pub struct CustomerRow {
     pub delete_time: Option<DateTime<Utc>>,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
+    pub created_by_kind: String,
     pub created_by: String,
+    pub updated_by_kind: String,
     pub updated_by: String,
 }
 
@@ -66,7 +79,11 @@ impl CustomerRow {
                 .find(|s| **s == self.lifecycle_stage)
                 .copied()
                 .unwrap_or("LEAD"),
-            owner_id: self.owner_id.clone(),
+            owner: self
+                .owner_kind
+                .as_deref()
+                .zip(self.owner_id.as_deref())
+                .map(|(kind, id)| Principal::stored(kind, id)),
             source: self.source.clone(),
             tags: self.tags.clone(),
             attributes: Attributes {
@@ -98,7 +115,7 @@ impl CustomerRow {
             phone: fields.phone.unwrap_or_default(),
             company_name: fields.company_name.unwrap_or_default(),
             lifecycle_stage: domain::lifecycle_stage_value(&self.lifecycle_stage) as i32,
-            owner_id: fields.owner_id.unwrap_or_default(),
+            owner: fields.owner.as_ref().map(Principal::to_proto),
             tags: fields.tags,
             attributes: fields.attributes.to_proto(),
             contact_points: fields
@@ -126,8 +143,12 @@ impl CustomerRow {
             audit: Some(crm_proto::crm::common::v1::AuditInfo {
                 create_time: Some(domain::timestamp_to_proto(self.create_time)),
                 update_time: Some(domain::timestamp_to_proto(self.update_time)),
-                created_by: self.created_by.clone(),
-                updated_by: self.updated_by.clone(),
+                creator: Some(
+                    Principal::stored(&self.created_by_kind, &self.created_by).to_proto(),
+                ),
+                updater: Some(
+                    Principal::stored(&self.updated_by_kind, &self.updated_by).to_proto(),
+                ),
             }),
         }
     }
@@ -147,7 +168,7 @@ pub async fn find(conn: &mut PgConnection, id: Uuid, lock: bool) -> Result<Optio
     Ok(sqlx::query_as(&sql).bind(id).fetch_optional(conn).await?)
 }
 
-/// Binds the writable fields as parameters $2..=$15, in the column order insert and update use.
+/// Binds the writable fields as parameters $2..=$16, in the column order insert and update use.
 fn bind_fields<'q>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, CustomerRow, sqlx::postgres::PgArguments>,
     fields: &'q CustomerFields,
@@ -160,7 +181,8 @@ fn bind_fields<'q>(
         .bind(&fields.phone)
         .bind(&fields.company_name)
         .bind(fields.lifecycle_stage)
-        .bind(&fields.owner_id)
+        .bind(fields.owner.as_ref().map(|o| o.kind))
+        .bind(fields.owner.as_ref().map(|o| &o.id))
         .bind(&fields.source)
         .bind(&fields.tags)
         .bind(Json(&fields.attributes.values))
@@ -174,17 +196,20 @@ pub async fn insert(
     conn: &mut PgConnection,
     id: Uuid,
     fields: &CustomerFields,
-    actor: &str,
+    actor: &Principal,
 ) -> Result<CustomerRow> {
     let sql = format!(
         "INSERT INTO customer.customers AS c (id, display_name, email, given_name, family_name, \
-           phone, company_name, lifecycle_stage, owner_id, source, tags, attributes, \
-           attribute_timestamps, contact_points, addresses, created_by, updated_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) \
+           phone, company_name, lifecycle_stage, owner_kind, owner_id, source, tags, attributes, \
+           attribute_timestamps, contact_points, addresses, created_by_kind, created_by, \
+           updated_by_kind, updated_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+           $17, $18, $17, $18) \
          RETURNING {CUSTOMER_COLUMNS}"
     );
     Ok(bind_fields(sqlx::query_as(&sql).bind(id), fields)
-        .bind(actor)
+        .bind(actor.kind)
+        .bind(&actor.id)
         .fetch_one(conn)
         .await?)
 }
@@ -194,18 +219,20 @@ pub async fn update_fields(
     conn: &mut PgConnection,
     id: Uuid,
     fields: &CustomerFields,
-    actor: &str,
+    actor: &Principal,
 ) -> Result<CustomerRow> {
     let sql = format!(
         "UPDATE customer.customers AS c SET display_name = $2, email = $3, given_name = $4, \
-           family_name = $5, phone = $6, company_name = $7, lifecycle_stage = $8, owner_id = $9, \
-           source = $10, tags = $11, attributes = $12, attribute_timestamps = $13, \
-           contact_points = $14, addresses = $15, updated_by = $16, update_time = now(), \
+           family_name = $5, phone = $6, company_name = $7, lifecycle_stage = $8, \
+           owner_kind = $9, owner_id = $10, source = $11, tags = $12, attributes = $13, \
+           attribute_timestamps = $14, contact_points = $15, addresses = $16, \
+           updated_by_kind = $17, updated_by = $18, update_time = now(), \
            version = c.version + 1 \
          WHERE c.id = $1 RETURNING {CUSTOMER_COLUMNS}"
     );
     Ok(bind_fields(sqlx::query_as(&sql).bind(id), fields)
-        .bind(actor)
+        .bind(actor.kind)
+        .bind(&actor.id)
         .fetch_one(conn)
         .await?)
 }
@@ -216,31 +243,38 @@ pub async fn set_state(
     id: Uuid,
     state: &str,
     merged_into: Option<Uuid>,
-    actor: &str,
+    actor: &Principal,
 ) -> Result<CustomerRow> {
     let sql = format!(
         "UPDATE customer.customers AS c SET state = $2, merged_into_id = $3, \
            delete_time = CASE WHEN $2 = 'DELETED' THEN now() ELSE NULL END, \
-           updated_by = $4, update_time = now(), version = c.version + 1 \
+           updated_by_kind = $4, updated_by = $5, update_time = now(), version = c.version + 1 \
          WHERE c.id = $1 RETURNING {CUSTOMER_COLUMNS}"
     );
     Ok(sqlx::query_as(&sql)
         .bind(id)
         .bind(state)
         .bind(merged_into)
-        .bind(actor)
+        .bind(actor.kind)
+        .bind(&actor.id)
         .fetch_one(conn)
         .await?)
 }
 
-/// Erases every piece of personal data of a customer and leaves a tombstone.
-pub async fn erase(conn: &mut PgConnection, id: Uuid, actor: &str) -> Result<CustomerRow> {
-    sqlx::query("DELETE FROM customer.consents WHERE customer_id = $1")
+/// Erases every piece of personal data of a customer (consent and field history included) and
+/// leaves a tombstone.
+pub async fn erase(conn: &mut PgConnection, id: Uuid, actor: &Principal) -> Result<CustomerRow> {
+    for table in ["consents", "field_changes"] {
+        sqlx::query(&format!(
+            "DELETE FROM customer.{table} WHERE customer_id = $1"
+        ))
         .bind(id)
         .execute(&mut *conn)
         .await?;
+    }
     sqlx::query(
-        "UPDATE customer.interactions SET subject = '[erased]', body = '', owner_id = '' \
+        "UPDATE customer.interactions \
+         SET subject = '[erased]', body = '', owner_kind = '', owner_id = '' \
          WHERE customer_id = $1",
     )
     .bind(id)
@@ -253,14 +287,16 @@ pub async fn erase(conn: &mut PgConnection, id: Uuid, actor: &str) -> Result<Cus
     let sql = format!(
         "UPDATE customer.customers AS c SET state = 'ERASED', display_name = NULL, email = NULL, \
            given_name = NULL, family_name = NULL, phone = NULL, company_name = NULL, \
-           owner_id = NULL, source = NULL, tags = '{{}}', attributes = '{{}}', \
+           owner_kind = NULL, owner_id = NULL, source = NULL, tags = '{{}}', attributes = '{{}}', \
            attribute_timestamps = '{{}}', contact_points = '[]', addresses = '[]', \
-           delete_time = NULL, updated_by = $2, update_time = now(), version = c.version + 1 \
+           delete_time = NULL, updated_by_kind = $2, updated_by = $3, update_time = now(), \
+           version = c.version + 1 \
          WHERE c.id = $1 RETURNING {CUSTOMER_COLUMNS}"
     );
     Ok(sqlx::query_as(&sql)
         .bind(id)
-        .bind(actor)
+        .bind(actor.kind)
+        .bind(&actor.id)
         .fetch_one(conn)
         .await?)
 }
@@ -274,20 +310,26 @@ struct ConsentRow {
     source: String,
     capture_time: DateTime<Utc>,
     record_time: DateTime<Utc>,
+    recorded_by_kind: String,
     recorded_by: String,
 }
+
+/// Columns of a consent read.
+const CONSENT_COLUMNS: &str = "customer_id, channel, status, legal_basis, source, capture_time, \
+    record_time, recorded_by_kind, recorded_by";
 
 impl ConsentRow {
     fn to_proto(&self) -> pb::Consent {
         pb::Consent {
-            channel: pb::ConsentChannel::from_str_name(&self.channel).unwrap_or_default() as i32,
+            channel: crm_proto::crm::common::v1::Channel::from_str_name(&self.channel)
+                .unwrap_or_default() as i32,
             status: pb::ConsentStatus::from_str_name(&self.status).unwrap_or_default() as i32,
             legal_basis: pb::LegalBasis::from_str_name(&self.legal_basis).unwrap_or_default()
                 as i32,
             source: self.source.clone(),
             capture_time: Some(domain::timestamp_to_proto(self.capture_time)),
             record_time: Some(domain::timestamp_to_proto(self.record_time)),
-            recorded_by: self.recorded_by.clone(),
+            recorder: Some(Principal::stored(&self.recorded_by_kind, &self.recorded_by).to_proto()),
         }
     }
 }
@@ -297,12 +339,11 @@ pub async fn current_consents(
     conn: &mut PgConnection,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Vec<pb::Consent>>> {
-    let rows: Vec<ConsentRow> = sqlx::query_as(
-        "SELECT DISTINCT ON (customer_id, channel) customer_id, channel, status, legal_basis, \
-           source, capture_time, record_time, recorded_by \
+    let rows: Vec<ConsentRow> = sqlx::query_as(&format!(
+        "SELECT DISTINCT ON (customer_id, channel) {CONSENT_COLUMNS} \
          FROM customer.consents WHERE customer_id = ANY($1) \
          ORDER BY customer_id, channel, record_time DESC, id DESC",
-    )
+    ))
     .bind(ids)
     .fetch_all(conn)
     .await?;
@@ -335,28 +376,29 @@ pub async fn to_protos(conn: &mut PgConnection, rows: &[CustomerRow]) -> Result<
         .collect())
 }
 
-/// Appends a consent decision.
+/// Appends a consent decision; returns it as stored.
 pub async fn insert_consent(
     conn: &mut PgConnection,
     customer_id: Uuid,
-    consent: &crate::api::ValidConsent,
-    actor: &str,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO customer.consents \
-           (customer_id, channel, status, legal_basis, source, capture_time, recorded_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
+    consent: &ValidConsent,
+    actor: &Principal,
+) -> Result<pb::Consent> {
+    let row: ConsentRow = sqlx::query_as(&format!(
+        "INSERT INTO customer.consents (customer_id, channel, status, legal_basis, source, \
+           capture_time, recorded_by_kind, recorded_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {CONSENT_COLUMNS}"
+    ))
     .bind(customer_id)
     .bind(consent.channel)
     .bind(consent.status)
     .bind(consent.legal_basis)
     .bind(&consent.source)
     .bind(consent.capture_time)
-    .bind(actor)
-    .execute(conn)
+    .bind(actor.kind)
+    .bind(&actor.id)
+    .fetch_one(conn)
     .await?;
-    Ok(())
+    Ok(row.to_proto())
 }
 
 /// A page of consent history, newest first, after the (record_time, id) cursor.
@@ -372,13 +414,12 @@ pub async fn consent_history(
         #[sqlx(flatten)]
         consent: ConsentRow,
     }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, customer_id, channel, status, legal_basis, source, capture_time, \
-           record_time, recorded_by \
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT id, {CONSENT_COLUMNS} \
          FROM customer.consents WHERE customer_id = $1 \
            AND ($2::timestamptz IS NULL OR (record_time, id) < ($2, $3)) \
          ORDER BY record_time DESC, id DESC LIMIT $4",
-    )
+    ))
     .bind(customer_id)
     .bind(after.map(|a| a.0))
     .bind(after.map(|a| a.1).unwrap_or(0))
@@ -391,134 +432,39 @@ pub async fn consent_history(
         .collect())
 }
 
-/// One stored interaction.
-#[derive(Debug, Clone, FromRow)]
-pub struct InteractionRow {
-    pub id: Uuid,
-    pub customer_id: Uuid,
-    pub r#type: String,
-    pub direction: String,
-    pub subject: String,
-    pub body: String,
-    pub occur_time: DateTime<Utc>,
-    pub duration_ms: Option<i64>,
-    pub owner_id: String,
-    pub create_time: DateTime<Utc>,
-    pub created_by: String,
-}
-
-impl InteractionRow {
-    /// The proto message.
-    pub fn to_proto(&self) -> pb::Interaction {
-        pb::Interaction {
-            id: self.id.to_string(),
-            customer_id: self.customer_id.to_string(),
-            r#type: pb::InteractionType::from_str_name(&format!("INTERACTION_TYPE_{}", self.r#type))
-                .unwrap_or_default() as i32,
-            direction: pb::InteractionDirection::from_str_name(&format!(
-                "INTERACTION_DIRECTION_{}",
-                self.direction
-            ))
-            .unwrap_or_default() as i32,
-            subject: self.subject.clone(),
-            body: self.body.clone(),
-            occur_time: Some(domain::timestamp_to_proto(self.occur_time)),
-            duration: self.duration_ms.map(|ms| prost_types::Duration {
-                seconds: ms / 1000,
-                nanos: ((ms % 1000) * 1_000_000) as i32,
-            }),
-            owner_id: self.owner_id.clone(),
-            audit: Some(crm_proto::crm::common::v1::AuditInfo {
-                create_time: Some(domain::timestamp_to_proto(self.create_time)),
-                update_time: Some(domain::timestamp_to_proto(self.create_time)),
-                created_by: self.created_by.clone(),
-                updated_by: self.created_by.clone(),
-            }),
-        }
-    }
-}
-
-/// Columns of an interaction read.
-pub const INTERACTION_COLUMNS: &str = "id, customer_id, type, direction, subject, body, \
-    occur_time, duration_ms, owner_id, create_time, created_by";
-
-/// Records merges: the survivor and who was folded in.
-pub async fn insert_merge(
-    conn: &mut PgConnection,
-    id: Uuid,
-    survivor: Uuid,
-    merged: &[Uuid],
-    actor: &str,
-) -> Result<pb::MergeRecord> {
-    let merge_time: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO customer.merges (id, survivor_id, merged_ids, merged_by) \
-         VALUES ($1, $2, $3, $4) RETURNING merge_time",
-    )
-    .bind(id)
-    .bind(survivor)
-    .bind(merged)
-    .bind(actor)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(pb::MergeRecord {
-        id: id.to_string(),
-        survivor_id: survivor.to_string(),
-        merged_ids: merged.iter().map(Uuid::to_string).collect(),
-        merge_time: Some(domain::timestamp_to_proto(merge_time)),
-        merged_by: actor.to_string(),
-    })
-}
-
-#[derive(FromRow)]
-struct MergeRow {
-    id: Uuid,
-    survivor_id: Uuid,
-    merged_ids: Vec<Uuid>,
-    merge_time: DateTime<Utc>,
-    merged_by: String,
-}
-
-/// Merges a customer survived, newest first.
-pub async fn merge_records(
-    conn: &mut PgConnection,
-    survivor: Uuid,
-) -> Result<Vec<pb::MergeRecord>> {
-    let rows: Vec<MergeRow> = sqlx::query_as(
-        "SELECT id, survivor_id, merged_ids, merge_time, merged_by FROM customer.merges \
-         WHERE survivor_id = $1 ORDER BY merge_time DESC, id DESC",
-    )
-    .bind(survivor)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| pb::MergeRecord {
-            id: row.id.to_string(),
-            survivor_id: row.survivor_id.to_string(),
-            merged_ids: row.merged_ids.iter().map(Uuid::to_string).collect(),
-            merge_time: Some(domain::timestamp_to_proto(row.merge_time)),
-            merged_by: row.merged_by,
-        })
-        .collect())
+/// One change to one customer, as the feed keeps it.
+#[derive(Debug)]
+pub struct ChangeRecord<'a> {
+    /// The customer as stored after the change.
+    pub row: &'a CustomerRow,
+    /// What happened.
+    pub change_type: crm_proto::crm::common::v1::ChangeType,
+    /// The survivor, for MERGED.
+    pub merged_into: Option<Uuid>,
+    /// Update-mask paths the change touched (UPDATED only).
+    pub changed_paths: &'a [String],
+    /// The customer right after the change; `None` for ERASED.
+    pub snapshot: Option<&'a pb::Customer>,
+    /// Who made the change.
+    pub actor: &'a Principal,
 }
 
 /// Appends a change event. Call it last, just before commit, so the sequence number is taken
 /// as late as possible (the feed reader waits for lower numbers still in flight).
-pub async fn append_change(
-    conn: &mut PgConnection,
-    customer_id: Uuid,
-    change_type: crm_proto::crm::common::v1::ChangeType,
-    merged_into: Option<Uuid>,
-    snapshot: Option<&pb::Customer>,
-) -> Result<()> {
+pub async fn append_change(conn: &mut PgConnection, change: &ChangeRecord<'_>) -> Result<()> {
     sqlx::query(
-        "INSERT INTO customer.changes (customer_id, change_type, merged_into_id, snapshot) \
-         VALUES ($1, $2, $3, $4)",
+        "INSERT INTO customer.changes (customer_id, change_type, merged_into_id, snapshot, \
+           version, changed_paths, actor_kind, actor_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(customer_id)
-    .bind(change_type.as_str_name())
-    .bind(merged_into)
-    .bind(snapshot.map(prost::Message::encode_to_vec))
+    .bind(change.row.id)
+    .bind(change.change_type.as_str_name())
+    .bind(change.merged_into)
+    .bind(change.snapshot.map(prost::Message::encode_to_vec))
+    .bind(change.row.version)
+    .bind(change.changed_paths)
+    .bind(change.actor.kind)
+    .bind(&change.actor.id)
     .execute(conn)
     .await?;
     Ok(())
@@ -549,55 +495,17 @@ pub async fn merged_into(conn: &mut PgConnection, survivor: Uuid) -> Result<Vec<
     .await?)
 }
 
-/// Every interaction of a customer, newest first.
-pub async fn all_interactions(
-    conn: &mut PgConnection,
-    customer_id: Uuid,
-) -> Result<Vec<InteractionRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {INTERACTION_COLUMNS} FROM customer.interactions WHERE customer_id = $1 \
-         ORDER BY occur_time DESC, id DESC"
-    ))
-    .bind(customer_id)
-    .fetch_all(conn)
-    .await?)
-}
-
 /// Bumps a customer's version for a change kept outside its row (its consents).
-pub async fn touch(conn: &mut PgConnection, id: Uuid, actor: &str) -> Result<CustomerRow> {
+pub async fn touch(conn: &mut PgConnection, id: Uuid, actor: &Principal) -> Result<CustomerRow> {
     let sql = format!(
         "UPDATE customer.customers AS c SET version = c.version + 1, update_time = now(), \
-           updated_by = $2 \
+           updated_by_kind = $2, updated_by = $3 \
          WHERE c.id = $1 RETURNING {CUSTOMER_COLUMNS}"
     );
     Ok(sqlx::query_as(&sql)
         .bind(id)
-        .bind(actor)
-        .fetch_one(conn)
-        .await?)
-}
-
-/// Stores an interaction.
-pub async fn insert_interaction(
-    conn: &mut PgConnection,
-    row: &InteractionRow,
-) -> Result<InteractionRow> {
-    let sql = format!(
-        "INSERT INTO customer.interactions (id, customer_id, type, direction, subject, body, \
-           occur_time, duration_ms, owner_id, created_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {INTERACTION_COLUMNS}"
-    );
-    Ok(sqlx::query_as(&sql)
-        .bind(row.id)
-        .bind(row.customer_id)
-        .bind(&row.r#type)
-        .bind(&row.direction)
-        .bind(&row.subject)
-        .bind(&row.body)
-        .bind(row.occur_time)
-        .bind(row.duration_ms)
-        .bind(&row.owner_id)
-        .bind(&row.created_by)
+        .bind(actor.kind)
+        .bind(&actor.id)
         .fetch_one(conn)
         .await?)
 }

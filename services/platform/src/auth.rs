@@ -1,13 +1,15 @@
 //! Bearer-token authentication and per-method scopes.
 //!
 //! Tokens are HS256 JWTs with `sub`, `iss`, `aud`, `exp` and a space-separated `scope` claim (as
-//! in OAuth 2.0). Each service declares the scope every one of its methods needs; health and
+//! in OAuth 2.0), and optionally `principal_kind: "service"` for callers that are services rather
+//! than people. Each service declares the scope every one of its methods needs; health and
 //! reflection stay open so probes and `grpcurl list` work without a token.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crm_proto::crm::common::v1::{Principal as CommonPrincipal, PrincipalKind};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
@@ -31,7 +33,14 @@ pub struct Claims {
     /// Granted scopes, space-separated, e.g. "customer.read customer.write".
     #[serde(default)]
     pub scope: String,
+    /// `"service"` for a CRM Suite service or another internal caller; absent (or anything
+    /// else) for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_kind: Option<String>,
 }
+
+/// The `principal_kind` claim value of service tokens.
+pub const SERVICE_PRINCIPAL_KIND: &str = "service";
 
 /// The authenticated caller of a request, available to handlers through the request's
 /// extensions.
@@ -41,6 +50,8 @@ pub struct Principal {
     pub subject: String,
     /// The scopes the token grants.
     pub scopes: BTreeSet<String>,
+    /// Whether the token is a service's (claim `principal_kind: "service"`) or a person's.
+    pub kind: PrincipalKind,
 }
 
 impl Principal {
@@ -51,6 +62,27 @@ impl Principal {
             .get::<Principal>()
             .map(|p| p.subject.clone())
             .unwrap_or_else(|| "anonymous".to_string())
+    }
+
+    /// The caller of a request as a `crm.common.v1.Principal` (USER or SERVICE, id = `sub`), for
+    /// audit fields and change events; a USER "anonymous" for the open methods.
+    pub fn caller_of<T>(request: &tonic::Request<T>) -> CommonPrincipal {
+        request
+            .extensions()
+            .get::<Principal>()
+            .map(Principal::principal)
+            .unwrap_or_else(|| CommonPrincipal {
+                kind: PrincipalKind::User as i32,
+                id: "anonymous".to_string(),
+            })
+    }
+
+    /// This caller as a `crm.common.v1.Principal`.
+    pub fn principal(&self) -> CommonPrincipal {
+        CommonPrincipal {
+            kind: self.kind as i32,
+            id: self.subject.clone(),
+        }
     }
 }
 
@@ -138,7 +170,12 @@ impl AuthPolicy {
                 Status::unauthenticated(why)
             })?
             .claims;
+        let kind = match claims.principal_kind.as_deref() {
+            Some(SERVICE_PRINCIPAL_KIND) => PrincipalKind::Service,
+            _ => PrincipalKind::User,
+        };
         let principal = Principal {
+            kind,
             subject: claims.sub,
             scopes: claims
                 .scope
@@ -162,8 +199,8 @@ impl AuthPolicy {
     }
 }
 
-/// Mints a token. Used by `crm token` for development and by tests; production tokens come
-/// from the organisation's identity provider with the same claims.
+/// Mints a person's token. Used by `crm token` for development and by tests; production tokens
+/// come from the organisation's identity provider with the same claims.
 pub fn mint_token(
     secret: &str,
     issuer: &str,
@@ -171,6 +208,31 @@ pub fn mint_token(
     subject: &str,
     scopes: &[&str],
     valid_for: Duration,
+) -> String {
+    mint(secret, issuer, audience, subject, scopes, valid_for, None)
+}
+
+/// Mints a service's token: as [`mint_token`], with the claim `principal_kind: "service"`.
+pub fn mint_service_token(
+    secret: &str,
+    issuer: &str,
+    audience: &str,
+    subject: &str,
+    scopes: &[&str],
+    valid_for: Duration,
+) -> String {
+    let kind = Some(SERVICE_PRINCIPAL_KIND.to_string());
+    mint(secret, issuer, audience, subject, scopes, valid_for, kind)
+}
+
+fn mint(
+    secret: &str,
+    issuer: &str,
+    audience: &str,
+    subject: &str,
+    scopes: &[&str],
+    valid_for: Duration,
+    principal_kind: Option<String>,
 ) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -183,6 +245,7 @@ pub fn mint_token(
         iat: now,
         exp: now + valid_for.as_secs(),
         scope: scopes.join(" "),
+        principal_kind,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -295,6 +358,7 @@ mod tests {
             iat: now - 7200,
             exp: now - 3600,
             scope: "customer.read".into(),
+            principal_kind: None,
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -442,6 +506,45 @@ mod tests {
         let err = policy().authorize(method, Some(&header)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.message().contains(method), "{}", err.message());
+    }
+
+    #[test]
+    fn a_token_with_the_service_claim_is_a_service_principal() {
+        let token = mint_service_token(
+            SECRET,
+            "crm-suite",
+            "crm-suite",
+            "sales",
+            &["customer.read"],
+            Duration::from_secs(60),
+        );
+        let header = format!("Bearer {token}");
+
+        let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
+
+        assert_eq!(
+            principal.principal(),
+            CommonPrincipal {
+                kind: PrincipalKind::Service as i32,
+                id: "sales".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_token_without_the_service_claim_is_a_user_principal() {
+        for claims in [
+            claims_with(serde_json::json!({})),
+            claims_with(serde_json::json!({"principal_kind": "team"})),
+            claims_with(serde_json::json!({"principal_kind": "SERVICE"})),
+        ] {
+            let header = bearer_with_claims(&claims);
+
+            let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
+
+            assert_eq!(principal.kind, PrincipalKind::User, "{claims}");
+            assert_eq!(principal.principal().id, "tester");
+        }
     }
 
     #[test]

@@ -149,6 +149,12 @@ pub enum ApiError {
         /// For a person.
         message: String,
     },
+    /// The method is declared but not served yet (e.g. it needs a component not deployed).
+    #[error("{message}")]
+    Unimplemented {
+        /// For a person: what is missing.
+        message: String,
+    },
     /// A dependency (the database) is unreachable; retrying later may succeed.
     #[error("service unavailable: {0}")]
     Unavailable(#[source] anyhow::Error),
@@ -198,6 +204,9 @@ impl ApiError {
                     reason,
                     message: message.clone(),
                 },
+                Self::Unimplemented { message } => Self::Unimplemented {
+                    message: message.clone(),
+                },
                 Self::Unavailable(cause) => Self::Unavailable(anyhow::anyhow!("{cause:#}")),
                 Self::Internal(cause) => Self::Internal(anyhow::anyhow!("{cause:#}")),
             },
@@ -213,6 +222,7 @@ impl ApiError {
             Self::Aborted { .. } => Code::Aborted,
             Self::FailedPrecondition { .. } => Code::FailedPrecondition,
             Self::OutOfRange { .. } => Code::OutOfRange,
+            Self::Unimplemented { .. } => Code::Unimplemented,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
@@ -250,6 +260,7 @@ impl From<ApiError> for Status {
             | ApiError::OutOfRange { reason, message } => {
                 Status::with_error_details(code, message, error_info(reason, HashMap::new()))
             }
+            ApiError::Unimplemented { message } => Status::new(code, message),
             ApiError::Unavailable(cause) => {
                 tracing::warn!(
                     error = format!("{cause:#}"),
@@ -268,6 +279,30 @@ impl From<ApiError> for Status {
                 Status::new(code, "internal error; it has been logged")
             }
         }
+    }
+}
+
+/// The `google.rpc.Status` a call ending in `status` carries: its code, message and the details
+/// [`ApiError`] attached (`BadRequest`, `ErrorInfo`, `RetryInfo`), as `Any`s. For the per-item
+/// results of bulk and streaming calls (`crm.common.v1.ItemResult.status`), which must carry what a
+/// single call would have returned.
+pub fn rpc_status(status: &Status) -> crm_proto::google::rpc::Status {
+    // tonic-types puts the details on the wire as an encoded google.rpc.Status with the same
+    // code and message; a status without details (INTERNAL, OK) gets an empty list.
+    prost::Message::decode(status.details())
+        .ok()
+        .filter(|decoded: &crm_proto::google::rpc::Status| decoded.code == status.code() as i32)
+        .unwrap_or_else(|| crm_proto::google::rpc::Status {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            details: Vec::new(),
+        })
+}
+
+impl ApiError {
+    /// This error as a `google.rpc.Status` (see [`rpc_status`]).
+    pub fn into_rpc_status(self) -> crm_proto::google::rpc::Status {
+        rpc_status(&Status::from(self))
     }
 }
 
@@ -394,6 +429,37 @@ mod tests {
         let info = status.get_details_error_info().unwrap();
         assert_eq!(info.reason, "CUSTOMER_NOT_FOUND");
         assert_eq!(info.metadata.get("id").map(String::as_str), Some("0190"));
+    }
+
+    #[test]
+    fn an_rpc_status_carries_the_code_message_and_details_of_the_grpc_status() {
+        let mut violations = FieldViolations::new();
+        violations.add("customer.email", "not a valid email address");
+
+        let rpc = ApiError::InvalidArgument(violations).into_rpc_status();
+
+        assert_eq!(rpc.code, Code::InvalidArgument as i32);
+        assert!(rpc.message.contains("customer.email"), "{}", rpc.message);
+        assert_eq!(rpc.details.len(), 1);
+        assert_eq!(
+            rpc.details[0].type_url,
+            "type.googleapis.com/google.rpc.BadRequest"
+        );
+        let bad_request: tonic_types::pb::BadRequest =
+            prost::Message::decode(rpc.details[0].value.as_slice()).unwrap();
+        assert_eq!(bad_request.field_violations[0].field, "customer.email");
+    }
+
+    #[test]
+    fn an_rpc_status_without_details_keeps_code_and_message() {
+        let rpc = rpc_status(&Status::new(
+            Code::Internal,
+            "internal error; it has been logged",
+        ));
+
+        assert_eq!(rpc.code, Code::Internal as i32);
+        assert_eq!(rpc.message, "internal error; it has been logged");
+        assert!(rpc.details.is_empty());
     }
 
     #[test]

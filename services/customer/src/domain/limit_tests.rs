@@ -38,11 +38,16 @@ fn string_value(s: String) -> pb::AttributeValue {
 fn text_fields_accept_their_maximum_in_characters_and_reject_one_more() {
     type Setter = fn(&mut pb::Customer, String);
     let cases: [(&str, usize, Setter); 6] = [
+        ("customer.owner.id", 200, |c, s| {
+            c.owner = Some(crm_proto::crm::common::v1::Principal {
+                kind: crm_proto::crm::common::v1::PrincipalKind::Team as i32,
+                id: s,
+            })
+        }),
         ("customer.display_name", 200, |c, s| c.display_name = s),
         ("customer.given_name", 100, |c, s| c.given_name = s),
         ("customer.family_name", 100, |c, s| c.family_name = s),
         ("customer.company_name", 200, |c, s| c.company_name = s),
-        ("customer.owner_id", 100, |c, s| c.owner_id = s),
         ("customer.source", 100, |c, s| c.source = s),
     ];
     for (field, max, set) in cases {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::common::{Client, JWT_SECRET, TestApp, ada, consent, spawn_app, within};
+use crm_proto::crm::common::v1::Channel;
 use crm_proto::crm::customer::v1 as pb;
 use tonic::{Code, Status};
 
@@ -23,6 +24,10 @@ const CONTRACT_SCOPES: &[(&str, &str)] = &[
     ("ListMergeRecords", "customer.read"),
     ("EraseCustomer", "customer.gdpr"),
     ("ExportCustomerData", "customer.gdpr"),
+    ("EraseServiceCustomerData", "customer.gdpr"),
+    ("ExportServiceCustomerData", "customer.gdpr"),
+    ("ListCustomerFieldChanges", "customer.read"),
+    ("ScanDuplicateCustomers", "customer.read"),
     ("RecordConsent", "customer.write"),
     ("ListConsentHistory", "customer.read"),
     ("CreateInteraction", "customer.write"),
@@ -40,14 +45,31 @@ const SUITE_SCOPES: &[&str] = &[
     "customer.gdpr",
     "sales.read",
     "sales.write",
+    "sales.gdpr",
     "support.read",
     "support.write",
+    "support.gdpr",
     "marketing.read",
     "marketing.write",
+    "marketing.gdpr",
     "inference.read",
     "inference.write",
     "inference.admin",
+    "inference.gdpr",
 ];
+
+#[test]
+fn the_matrix_covers_all_twenty_four_rpcs_of_the_contract() {
+    let scopes: Vec<&str> = crm_customer::SCOPES
+        .iter()
+        .map(|(path, _)| path.rsplit('/').next().unwrap())
+        .collect();
+
+    assert_eq!(CONTRACT_SCOPES.len(), 24);
+    for (method, _) in CONTRACT_SCOPES {
+        assert!(scopes.contains(method), "{method} is not in SCOPES");
+    }
+}
 
 #[test]
 fn the_scope_table_here_is_the_one_the_contract_documents() {
@@ -170,6 +192,7 @@ async fn an_expired_token_is_unauthenticated() {
         iat: now - 7200,
         exp: now - 3600,
         scope: "customer.read customer.write".into(),
+        principal_kind: None,
     };
     let client = app.client_with_token(Some(sign(&claims))).await;
 
@@ -336,6 +359,7 @@ impl Fixture {
             ("customer.consents", 0),
             ("customer.interactions", 0),
             ("customer.merges", 0),
+            ("customer.field_changes", 0),
         ] {
             let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
                 .fetch_one(&pool)
@@ -410,7 +434,7 @@ async fn call(client: &Client, method: &str, f: &Fixture) -> Result<(), Status> 
         "FindDuplicateCustomers" => inner
             .find_duplicate_customers(client.request(pb::FindDuplicateCustomersRequest {
                 customer_id: id,
-                page_size: 0,
+                max_results: 0,
             }))
             .await
             .map(drop),
@@ -423,27 +447,58 @@ async fn call(client: &Client, method: &str, f: &Fixture) -> Result<(), Status> 
             .await
             .map(drop),
         "ListMergeRecords" => inner
-            .list_merge_records(client.request(pb::ListMergeRecordsRequest { customer_id: id }))
+            .list_merge_records(client.request(pb::ListMergeRecordsRequest {
+                customer_id: id,
+                ..Default::default()
+            }))
             .await
             .map(drop),
+        // The three operations are validated and then UNIMPLEMENTED until the operations runner
+        // is deployed: still not a refusal.
         "EraseCustomer" => inner
             .erase_customer(client.request(pb::EraseCustomerRequest {
+                id,
+                reason: "the customer asked".into(),
+                request_id: String::new(),
+            }))
+            .await
+            .map(drop),
+        "ExportCustomerData" => inner
+            .export_customer_data(client.request(pb::ExportCustomerDataRequest {
+                id,
+                request_id: String::new(),
+            }))
+            .await
+            .map(drop),
+        "EraseServiceCustomerData" => inner
+            .erase_service_customer_data(client.request(pb::EraseServiceCustomerDataRequest {
                 id,
                 reason: "the customer asked".into(),
             }))
             .await
             .map(drop),
-        "ExportCustomerData" => inner
-            .export_customer_data(client.request(pb::ExportCustomerDataRequest { id }))
+        "ExportServiceCustomerData" => inner
+            .export_service_customer_data(
+                client.request(pb::ExportServiceCustomerDataRequest { id }),
+            )
+            .await
+            .map(drop),
+        "ListCustomerFieldChanges" => inner
+            .list_customer_field_changes(client.request(pb::ListCustomerFieldChangesRequest {
+                customer_id: id,
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        "ScanDuplicateCustomers" => inner
+            .scan_duplicate_customers(client.request(pb::ScanDuplicateCustomersRequest::default()))
             .await
             .map(drop),
         "RecordConsent" => inner
             .record_consent(client.request(pb::RecordConsentRequest {
                 customer_id: id,
-                consent: Some(consent(
-                    pb::ConsentChannel::Email,
-                    pb::ConsentStatus::Granted,
-                )),
+                consent: Some(consent(Channel::Email, pb::ConsentStatus::Granted)),
+                request_id: String::new(),
             }))
             .await
             .map(drop),
@@ -502,6 +557,7 @@ async fn call(client: &Client, method: &str, f: &Fixture) -> Result<(), Status> 
                         seconds: 0,
                         nanos: 0,
                     }),
+                    change_types: Vec::new(),
                 }))
                 .await?
                 .into_inner();

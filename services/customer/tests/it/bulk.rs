@@ -4,9 +4,12 @@ use crate::common::{
     Client, Outage, ada, assert_invalid, config, fresh_database, postgres_addr, redis_url,
     spawn_app, spawn_with, via, within,
 };
+use crm_proto::crm::common::v1::ItemResult;
 use crm_proto::crm::customer::v1 as pb;
+use crm_proto::crm::customer::v1::import_customers_response::Kind;
 use futures::StreamExt;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 fn row(row_ref: &str, customer: pb::Customer, request_id: &str) -> pb::ImportCustomersRequest {
     pb::ImportCustomersRequest {
@@ -16,36 +19,96 @@ fn row(row_ref: &str, customer: pb::Customer, request_id: &str) -> pb::ImportCus
     }
 }
 
-/// Streams `rows` as one import and collects every result, in the order they arrive.
-async fn import(
-    client: &Client,
-    rows: Vec<pb::ImportCustomersRequest>,
-) -> Vec<pb::ImportCustomersResponse> {
-    let results = client
-        .inner
-        .clone()
-        .import_customers(client.request(futures::stream::iter(rows)))
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|r| r.expect("an import result"))
-        .collect();
-    within(results).await
+/// What an import answered: a result per row, in the order they arrived, then the summary.
+struct Imported {
+    results: Vec<ItemResult>,
+    summary: pb::ImportCustomersSummary,
 }
 
-/// Every exported customer's id, in the order the stream sent them.
-async fn export(client: &Client, filter: &str) -> Result<Vec<String>, tonic::Status> {
+/// Streams `rows` as one import and collects every answer; the summary must come last, once.
+async fn import(client: &Client, rows: Vec<pb::ImportCustomersRequest>) -> Imported {
+    let answers: Vec<pb::ImportCustomersResponse> = within(
+        client
+            .inner
+            .clone()
+            .import_customers(client.request(futures::stream::iter(rows)))
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|r| r.expect("an import answer"))
+            .collect(),
+    )
+    .await;
+    let (last, rows) = answers.split_last().expect("at least the summary");
+    let Some(Kind::Summary(summary)) = last.kind.clone() else {
+        panic!("the last answer is not the summary: {last:?}");
+    };
+    let results = rows
+        .iter()
+        .map(|answer| match answer.kind.clone() {
+            Some(Kind::Result(result)) => result,
+            other => panic!("a row's answer is not a result: {other:?}"),
+        })
+        .collect();
+    Imported { results, summary }
+}
+
+/// The gRPC code of a row's status.
+fn code(result: &ItemResult) -> Code {
+    Code::from(
+        result
+            .status
+            .as_ref()
+            .expect("every result has a status")
+            .code,
+    )
+}
+
+/// A row's status as the tonic status a single call would have ended in.
+fn status(result: &ItemResult) -> tonic::Status {
+    let rpc = result.status.clone().expect("every result has a status");
+    let details = prost::Message::encode_to_vec(&tonic_types::pb::Status {
+        code: rpc.code,
+        message: rpc.message.clone(),
+        details: rpc.details,
+    });
+    tonic::Status::with_details(Code::from(rpc.code), rpc.message, details.into())
+}
+
+fn outcomes(results: &[ItemResult]) -> Vec<(&str, Code)> {
+    results
+        .iter()
+        .map(|r| (r.r#ref.as_str(), code(r)))
+        .collect()
+}
+
+fn summary(created: i64, repeated: i64, rejected: i64) -> pb::ImportCustomersSummary {
+    pb::ImportCustomersSummary {
+        created_count: created,
+        repeated_count: repeated,
+        rejected_count: rejected,
+    }
+}
+
+/// Every message of an export: the customer's id and the message's resume token.
+async fn export_with_tokens(
+    client: &Client,
+    filter: &str,
+    resume_token: &str,
+) -> Result<Vec<(String, String)>, tonic::Status> {
     let stream = client
         .inner
         .clone()
         .export_customers(client.request(pb::ExportCustomersRequest {
             filter: filter.into(),
+            resume_token: resume_token.into(),
+            as_of_time: None,
         }))
         .await?
         .into_inner();
     within(
         stream
-            .map(|r| r.map(|e| e.customer.expect("a customer").id))
+            .map(|r| r.map(|e| (e.customer.expect("a customer").id, e.resume_token)))
             .collect::<Vec<_>>(),
     )
     .await
@@ -53,18 +116,17 @@ async fn export(client: &Client, filter: &str) -> Result<Vec<String>, tonic::Sta
     .collect()
 }
 
+/// Every exported customer's id, in the order the stream sent them.
+async fn export(client: &Client, filter: &str) -> Result<Vec<String>, tonic::Status> {
+    let exported = export_with_tokens(client, filter, "").await?;
+    Ok(exported.into_iter().map(|(id, _)| id).collect())
+}
+
 async fn count_customers(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM customer.customers")
         .fetch_one(pool)
         .await
         .unwrap()
-}
-
-fn outcomes(results: &[pb::ImportCustomersResponse]) -> Vec<(&str, pb::ImportRowOutcome)> {
-    results
-        .iter()
-        .map(|r| (r.row_ref.as_str(), r.outcome()))
-        .collect()
 }
 
 #[tokio::test]
@@ -75,7 +137,10 @@ async fn import_reports_each_row_and_skips_bad_ones() {
     bad.email = "broken".into();
     let (first, third) = (ada(), ada());
 
-    let results = import(
+    let Imported {
+        results,
+        summary: totals,
+    } = import(
         &client,
         vec![
             row("1", first.clone(), ""),
@@ -85,23 +150,24 @@ async fn import_reports_each_row_and_skips_bad_ones() {
     )
     .await;
 
-    use pb::ImportRowOutcome::{Created, Rejected};
     assert_eq!(
         outcomes(&results),
-        [("1", Created), ("2", Rejected), ("3", Created)]
+        [
+            ("1", Code::Ok),
+            ("2", Code::InvalidArgument),
+            ("3", Code::Ok)
+        ]
     );
-    assert_eq!(results[1].errors.len(), 1, "{:?}", results[1].errors);
-    assert!(
-        results[1].errors[0].starts_with("customer.email"),
-        "{:?}",
-        results[1].errors
-    );
-    assert_eq!(results[1].customer_id, "");
+    let indexes: Vec<i64> = results.iter().map(|r| r.index).collect();
+    assert_eq!(indexes, [0, 1, 2]);
+    assert_invalid(&status(&results[1]), &["customer.email"]);
+    assert_eq!(results[1].id, "");
     for (result, sent) in [(&results[0], &first), (&results[2], &third)] {
-        assert!(result.errors.is_empty(), "{:?}", result.errors);
-        let stored = client.get(&result.customer_id).await.unwrap();
+        assert!(result.status.as_ref().unwrap().details.is_empty());
+        let stored = client.get(&result.id).await.unwrap();
         assert_eq!(stored.email, sent.email);
     }
+    assert_eq!(totals, summary(2, 0, 1));
     assert_eq!(count_customers(&app.pool().await).await, 2);
 }
 
@@ -116,26 +182,29 @@ async fn import_results_arrive_in_row_order_echoing_each_row_ref() {
         let mut customer = ada();
         let outcome = if i % 7 == 3 {
             customer.display_name = String::new();
-            pb::ImportRowOutcome::Rejected
+            Code::InvalidArgument
         } else {
-            pb::ImportRowOutcome::Created
+            Code::Ok
         };
         rows.push(row(&row_ref, customer, ""));
-        expected.push((row_ref, outcome));
+        expected.push((i, row_ref, outcome));
     }
 
-    let results = import(&client, rows).await;
+    let imported = import(&client, rows).await;
 
-    let got: Vec<(String, pb::ImportRowOutcome)> = outcomes(&results)
-        .into_iter()
-        .map(|(r, o)| (r.to_string(), o))
+    let got: Vec<(i64, String, Code)> = imported
+        .results
+        .iter()
+        .map(|r| (r.index, r.r#ref.clone(), code(r)))
         .collect();
     assert_eq!(got, expected);
+    assert_eq!(imported.summary, summary(34, 0, 6));
     assert_eq!(count_customers(&app.pool().await).await, 34);
 }
 
 #[tokio::test]
-async fn a_re_sent_import_answers_duplicate_request_with_the_same_customers_and_creates_none() {
+async fn a_re_sent_import_answers_ok_with_the_same_customers_counted_as_repeated_and_creates_none()
+{
     let app = spawn_app().await;
     let client = app.client().await;
     let rows: Vec<_> = (0..5)
@@ -147,22 +216,14 @@ async fn a_re_sent_import_answers_duplicate_request_with_the_same_customers_and_
 
     let again = import(&client, rows).await;
 
-    assert!(
-        first
+    assert_eq!(first.summary, summary(5, 0, 0));
+    assert_eq!(again.summary, summary(0, 5, 0));
+    assert!(again.results.iter().all(|r| code(r) == Code::Ok));
+    let ids = |imported: &Imported| {
+        imported
+            .results
             .iter()
-            .all(|r| r.outcome() == pb::ImportRowOutcome::Created),
-        "{first:?}"
-    );
-    assert!(
-        again
-            .iter()
-            .all(|r| r.outcome() == pb::ImportRowOutcome::DuplicateRequest),
-        "{again:?}"
-    );
-    let ids = |results: &[pb::ImportCustomersResponse]| {
-        results
-            .iter()
-            .map(|r| (r.row_ref.clone(), r.customer_id.clone()))
+            .map(|r| (r.r#ref.clone(), r.id.clone()))
             .collect::<Vec<_>>()
     };
     assert_eq!(ids(&again), ids(&first));
@@ -170,7 +231,7 @@ async fn a_re_sent_import_answers_duplicate_request_with_the_same_customers_and_
 }
 
 #[tokio::test]
-async fn an_imported_row_whose_email_an_active_customer_has_is_rejected_naming_the_email() {
+async fn an_imported_row_whose_email_is_taken_carries_the_status_create_customer_returns() {
     let app = spawn_app().await;
     let client = app.client().await;
     let existing = client.create(ada()).await.unwrap();
@@ -178,19 +239,21 @@ async fn an_imported_row_whose_email_an_active_customer_has_is_rejected_naming_t
     twin.email = existing.email.clone();
     twin.display_name = "Ada's twin".into();
 
-    let results = import(&client, vec![row("twin", twin, "")]).await;
+    let results = import(&client, vec![row("twin", twin.clone(), "")])
+        .await
+        .results;
+    let created = client.create(twin).await.unwrap_err();
 
+    let imported = status(&results[0]);
+    assert_eq!(outcomes(&results), [("twin", Code::AlreadyExists)]);
+    assert_eq!(results[0].id, "");
     assert_eq!(
-        outcomes(&results),
-        [("twin", pb::ImportRowOutcome::Rejected)]
+        (imported.code(), imported.message()),
+        (created.code(), created.message())
     );
-    assert_eq!(results[0].customer_id, "");
-    assert_eq!(results[0].errors.len(), 1, "{:?}", results[0].errors);
-    assert!(
-        results[0].errors[0].starts_with("customer.email: "),
-        "{:?}",
-        results[0].errors
-    );
+    let reason = |s: &tonic::Status| s.get_details_error_info().map(|info| info.reason);
+    assert_eq!(reason(&imported), reason(&created));
+    assert_eq!(reason(&imported).as_deref(), Some("EMAIL_ALREADY_EXISTS"));
     let pool = app.pool().await;
     assert_eq!(count_customers(&pool).await, 1);
     let stored = client.get(&existing.id).await.unwrap();
@@ -207,22 +270,18 @@ async fn an_imported_row_ref_over_100_characters_is_rejected_naming_row_ref() {
         &client,
         vec![row(&at_limit, ada(), ""), row(&over_limit, ada(), "")],
     )
-    .await;
+    .await
+    .results;
 
     assert_eq!(
         outcomes(&results),
         [
-            (at_limit.as_str(), pb::ImportRowOutcome::Created),
-            (over_limit.as_str(), pb::ImportRowOutcome::Rejected)
+            (at_limit.as_str(), Code::Ok),
+            (over_limit.as_str(), Code::InvalidArgument)
         ]
     );
-    assert_eq!(results[1].customer_id, "");
-    assert_eq!(results[1].errors.len(), 1, "{:?}", results[1].errors);
-    assert!(
-        results[1].errors[0].starts_with("row_ref"),
-        "{:?}",
-        results[1].errors
-    );
+    assert_eq!(results[1].id, "");
+    assert_invalid(&status(&results[1]), &["row_ref"]);
     assert_eq!(count_customers(&app.pool().await).await, 1);
 }
 
@@ -247,9 +306,12 @@ async fn a_database_outage_ends_the_import_with_unavailable_and_rows_answered_be
         .await
         .unwrap();
     let answered = within(results.next()).await.unwrap().unwrap();
+    let Some(Kind::Result(answered)) = answered.kind else {
+        panic!("a row's result first: {answered:?}");
+    };
     assert_eq!(
-        (answered.row_ref.as_str(), answered.outcome()),
-        ("before", pb::ImportRowOutcome::Created)
+        outcomes(std::slice::from_ref(&answered)),
+        [("before", Code::Ok)]
     );
 
     proxy.cut();
@@ -271,7 +333,7 @@ async fn a_database_outage_ends_the_import_with_unavailable_and_rows_answered_be
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(stored, [(answered.customer_id, before.email)]);
+    assert_eq!(stored, [(answered.id, before.email)]);
 }
 
 #[tokio::test]
@@ -331,13 +393,7 @@ async fn export_leaves_out_deleted_merged_and_erased_customers() {
         }))
         .await
         .unwrap();
-    inner
-        .erase_customer(client.request(pb::EraseCustomerRequest {
-            id: erased.clone(),
-            reason: "ticket 7".into(),
-        }))
-        .await
-        .unwrap();
+    client.erase(erased, "ticket 7").await.unwrap();
 
     let exported = export(&client, "").await.unwrap();
 
@@ -353,11 +409,7 @@ async fn export_streams_more_than_one_batch_strictly_in_id_order() {
     // More than the export's internal batch of 500 rows.
     let rows: Vec<_> = (0..523).map(|i| row(&i.to_string(), ada(), "")).collect();
     let imported = import(&client, rows).await;
-    assert!(
-        imported
-            .iter()
-            .all(|r| r.outcome() == pb::ImportRowOutcome::Created)
-    );
+    assert_eq!(imported.summary, summary(523, 0, 0));
 
     let exported = export(&client, "").await.unwrap();
 
@@ -369,7 +421,7 @@ async fn export_streams_more_than_one_batch_strictly_in_id_order() {
         );
         assert!(a < b, "position {i}: {a} then {b}");
     }
-    let mut expected: Vec<String> = imported.into_iter().map(|r| r.customer_id).collect();
+    let mut expected: Vec<String> = imported.results.into_iter().map(|r| r.id).collect();
     expected.sort();
     let mut streamed = exported.clone();
     streamed.sort();
@@ -393,4 +445,83 @@ async fn a_bad_export_filter_is_invalid_argument_on_filter() {
         assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
         assert_invalid(&status, &["filter"]);
     }
+}
+
+#[tokio::test]
+async fn an_export_resumed_with_a_token_continues_after_that_customer() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    for i in 0..8 {
+        let mut c = ada();
+        if i % 2 == 0 {
+            c.tags = vec!["other".into()];
+        }
+        client.create(c).await.unwrap();
+    }
+    let whole = export_with_tokens(&client, "tags:vip", "").await.unwrap();
+    let (_, token) = whole[1].clone();
+
+    let resumed = export_with_tokens(&client, "tags:vip", &token)
+        .await
+        .unwrap();
+
+    assert_eq!(whole.len(), 4);
+    assert!(whole.iter().all(|(_, token)| !token.is_empty()));
+    let ids = |messages: &[(String, String)]| -> Vec<String> {
+        messages.iter().map(|(id, _)| id.clone()).collect()
+    };
+    assert_eq!(ids(&resumed), ids(&whole[2..]));
+    let last = export_with_tokens(&client, "tags:vip", &whole[3].1)
+        .await
+        .unwrap();
+    assert!(last.is_empty(), "nothing after the last customer: {last:?}");
+}
+
+#[tokio::test]
+async fn a_resume_token_from_another_filter_or_not_from_an_export_is_invalid_on_resume_token() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    client.create(ada()).await.unwrap();
+    let exported = export_with_tokens(&client, "tags:vip", "").await.unwrap();
+    let token = exported[0].1.clone();
+
+    for (case, filter, token) in [
+        ("another filter", "", token.as_str()),
+        ("garbage", "tags:vip", "not-a-token"),
+        ("a tampered token", "tags:vip", &token[..token.len() - 2]),
+    ] {
+        let status = export_with_tokens(&client, filter, token)
+            .await
+            .expect_err(case);
+
+        assert_invalid(&status, &["resume_token"]);
+    }
+}
+
+async fn export_as_of(client: &Client, as_of_time: prost_types::Timestamp) -> tonic::Status {
+    client
+        .inner
+        .clone()
+        .export_customers(client.request(pb::ExportCustomersRequest {
+            as_of_time: Some(as_of_time),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("a point-in-time export is not served")
+}
+
+#[tokio::test]
+async fn a_point_in_time_export_is_unimplemented_and_a_future_instant_is_invalid() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    client.create(ada()).await.unwrap();
+    let now = std::time::SystemTime::now();
+    let hour = std::time::Duration::from_secs(3600);
+
+    let past = export_as_of(&client, (now - hour).into()).await;
+    let future = export_as_of(&client, (now + hour).into()).await;
+
+    assert_eq!(past.code(), Code::Unimplemented, "{past:?}");
+    assert!(past.message().contains("as_of_time"), "{past:?}");
+    assert_invalid(&future, &["as_of_time"]);
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crm_platform::config::Config;
 use crm_platform::server::ServiceContext;
+use crm_proto::crm::common::v1::{self as common, Principal, PrincipalKind};
 use crm_proto::crm::customer::v1 as pb;
 use crm_proto::crm::customer::v1::customer_service_client::CustomerServiceClient;
 use tokio_util::sync::CancellationToken;
@@ -110,6 +111,20 @@ impl TestApp {
             "crm-suite",
             "test",
             scopes,
+            Duration::from_secs(600),
+        );
+        self.client_with_token(Some(token)).await
+    }
+
+    /// A client with every customer scope and a service's token (`principal_kind: "service"`)
+    /// for `subject`.
+    pub async fn service_client(&self, subject: &str) -> Client {
+        let token = crm_platform::auth::mint_service_token(
+            JWT_SECRET,
+            "crm-suite",
+            "crm-suite",
+            subject,
+            &["customer.read", "customer.write", "customer.gdpr"],
             Duration::from_secs(600),
         );
         self.client_with_token(Some(token)).await
@@ -330,14 +345,42 @@ impl Client {
         Ok(response.into_inner().customer.unwrap())
     }
 
-    /// EraseCustomer; the tombstone.
+    /// EraseServiceCustomerData (this service's erasure); the tombstone.
     pub async fn erase(&self, id: &str, reason: &str) -> Result<pb::Customer, tonic::Status> {
-        let request = self.request(pb::EraseCustomerRequest {
+        let request = self.request(pb::EraseServiceCustomerDataRequest {
             id: id.into(),
             reason: reason.into(),
         });
-        let response = self.inner.clone().erase_customer(request).await?;
+        let response = self
+            .inner
+            .clone()
+            .erase_service_customer_data(request)
+            .await?;
         Ok(response.into_inner().customer.unwrap())
+    }
+
+    /// One page of a customer's field history.
+    pub async fn field_changes(
+        &self,
+        req: pb::ListCustomerFieldChangesRequest,
+    ) -> Result<pb::ListCustomerFieldChangesResponse, tonic::Status> {
+        let request = self.request(req);
+        let response = self
+            .inner
+            .clone()
+            .list_customer_field_changes(request)
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    /// One page of merge records.
+    pub async fn merge_records(
+        &self,
+        req: pb::ListMergeRecordsRequest,
+    ) -> Result<pb::ListMergeRecordsResponse, tonic::Status> {
+        let request = self.request(req);
+        let response = self.inner.clone().list_merge_records(request).await?;
+        Ok(response.into_inner())
     }
 
     pub async fn merge(
@@ -498,8 +541,21 @@ pub fn assert_invalid(status: &tonic::Status, fields: &[&str]) {
     assert_eq!(violated_fields(status), fields, "{status:?}");
 }
 
+/// A principal of `kind` with `id`.
+pub fn principal(kind: PrincipalKind, id: &str) -> Principal {
+    Principal {
+        kind: kind as i32,
+        id: id.into(),
+    }
+}
+
+/// The USER principal tests' tokens name (subject "test").
+pub fn test_user() -> Principal {
+    principal(PrincipalKind::User, "test")
+}
+
 /// A consent decision on `channel` with a legal basis and source, as RecordConsent requires.
-pub fn consent(channel: pb::ConsentChannel, status: pb::ConsentStatus) -> pb::Consent {
+pub fn consent(channel: common::Channel, status: pb::ConsentStatus) -> pb::Consent {
     pb::Consent {
         channel: channel as i32,
         status: status as i32,

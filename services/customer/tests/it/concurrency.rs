@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::common::{CALL_TIMEOUT, Client, TestApp, ada, config, consent, fresh_database, within};
 use crm_platform::server::DrainCut;
+use crm_proto::crm::common::v1::Channel;
 use crm_proto::crm::customer::v1 as pb;
 use futures::future::{BoxFuture, join_all};
 use futures::{FutureExt, StreamExt};
@@ -195,6 +196,42 @@ async fn list_customers_called_at_four_times_the_pool_size_all_succeed() {
 }
 
 #[tokio::test]
+async fn the_operations_called_at_four_times_the_pool_size_all_answer_unimplemented() {
+    let app = small_pool_app(&[]).await;
+    let client = app.client().await;
+    let target = client.create(ada()).await.unwrap();
+
+    let erasures = at_once(|_| {
+        let mut inner = client.inner.clone();
+        let request = client.request(pb::EraseCustomerRequest {
+            id: target.id.clone(),
+            reason: "ticket 42".into(),
+            request_id: String::new(),
+        });
+        async move { inner.erase_customer(request).await }
+    })
+    .await;
+    let exports = at_once(|_| {
+        let mut inner = client.inner.clone();
+        let request = client.request(pb::ExportCustomerDataRequest {
+            id: target.id.clone(),
+            request_id: String::new(),
+        });
+        async move { inner.export_customer_data(request).await }
+    })
+    .await;
+
+    // Each looks the customer up on a pooled connection first: none may end UNAVAILABLE.
+    for (rpc, results) in [("EraseCustomer", erasures), ("ExportCustomerData", exports)] {
+        let codes: Vec<Code> = results
+            .iter()
+            .map(|r| r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok))
+            .collect();
+        assert_eq!(codes, vec![Code::Unimplemented; CALLS], "{rpc}");
+    }
+}
+
+#[tokio::test]
 async fn every_read_called_at_four_times_the_pool_size_succeeds() {
     let app = small_pool_app(&[]).await;
     let client = app.client().await;
@@ -210,7 +247,8 @@ async fn every_read_called_at_four_times_the_pool_size_succeeds() {
         inner
             .record_consent(client.request(pb::RecordConsentRequest {
                 customer_id: target.id.clone(),
-                consent: Some(consent(pb::ConsentChannel::Email, status)),
+                consent: Some(consent(Channel::Email, status)),
+                request_id: String::new(),
             }))
             .await
             .expect("recording a consent");
@@ -289,7 +327,7 @@ async fn every_read_called_at_four_times_the_pool_size_succeeds() {
                 let mut inner = client.inner.clone();
                 let request = client.request(pb::FindDuplicateCustomersRequest {
                     customer_id: target.id.clone(),
-                    page_size: 10,
+                    max_results: 10,
                 });
                 async move {
                     let found = inner.find_duplicate_customers(request).await?.into_inner();
@@ -301,10 +339,17 @@ async fn every_read_called_at_four_times_the_pool_size_succeeds() {
         ),
         (
             "ListMergeRecords",
-            at_once(|_| {
+            at_once(|i| {
                 let mut inner = client.inner.clone();
+                // Half of the calls list the target's merges, half every merge.
+                let customer_id = if i % 2 == 0 {
+                    target.id.clone()
+                } else {
+                    String::new()
+                };
                 let request = client.request(pb::ListMergeRecordsRequest {
-                    customer_id: target.id.clone(),
+                    customer_id,
+                    ..Default::default()
                 });
                 async move {
                     Ok(inner
@@ -317,6 +362,27 @@ async fn every_read_called_at_four_times_the_pool_size_succeeds() {
             })
             .await,
             2,
+        ),
+        (
+            // 5 consent decisions, and the contact point each merge added.
+            "ListCustomerFieldChanges",
+            at_once(|_| {
+                let mut inner = client.inner.clone();
+                let request = client.request(pb::ListCustomerFieldChangesRequest {
+                    customer_id: target.id.clone(),
+                    ..Default::default()
+                });
+                async move {
+                    Ok(inner
+                        .list_customer_field_changes(request)
+                        .await?
+                        .into_inner()
+                        .field_changes
+                        .len())
+                }
+            })
+            .await,
+            5 + 2,
         ),
         (
             "ListConsentHistory",
@@ -361,21 +427,25 @@ async fn every_read_called_at_four_times_the_pool_size_succeeds() {
             5,
         ),
         (
-            "ExportCustomerData",
+            "ExportServiceCustomerData",
             at_once(|_| {
                 let mut inner = client.inner.clone();
-                let request = client.request(pb::ExportCustomerDataRequest {
+                let request = client.request(pb::ExportServiceCustomerDataRequest {
                     id: target.id.clone(),
                 });
                 async move {
-                    let export = inner.export_customer_data(request).await?.into_inner();
+                    let export = inner
+                        .export_service_customer_data(request)
+                        .await?
+                        .into_inner();
                     Ok(export.consent_history.len()
                         + export.interactions.len()
-                        + export.merge_records.len())
+                        + export.merge_records.len()
+                        + export.field_changes.len())
                 }
             })
             .await,
-            5 + 5 + 2,
+            5 + 5 + 2 + 7,
         ),
         (
             "ExportCustomers",
@@ -434,7 +504,8 @@ async fn every_write_called_at_four_times_the_pool_size_succeeds() {
         let mut inner = client.inner.clone();
         let request = client.request(pb::RecordConsentRequest {
             customer_id: customers[i].id.clone(),
-            consent: Some(consent(pb::ConsentChannel::Sms, pb::ConsentStatus::Granted)),
+            consent: Some(consent(Channel::Sms, pb::ConsentStatus::Granted)),
+            request_id: String::new(),
         });
         async move { inner.record_consent(request).await }
     })

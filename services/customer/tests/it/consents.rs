@@ -1,8 +1,10 @@
 //! RecordConsent and ListConsentHistory.
 
 use crate::common::{
-    Client, TestApp, ada, assert_error, assert_invalid, consent, spawn_app, violated_fields,
+    Client, TestApp, ada, assert_error, assert_invalid, consent, principal, spawn_app, test_user,
+    violated_fields,
 };
+use crm_proto::crm::common::v1::{Channel, PrincipalKind};
 use crm_proto::crm::customer::v1 as pb;
 use tonic::Code;
 
@@ -17,6 +19,7 @@ async fn record(
         .record_consent(client.request(pb::RecordConsentRequest {
             customer_id: customer_id.into(),
             consent: Some(consent),
+            request_id: String::new(),
         }))
         .await?
         .into_inner()
@@ -42,6 +45,24 @@ async fn history(
         .into_inner())
 }
 
+async fn record_with_request_id(
+    client: &Client,
+    customer_id: &str,
+    consent: pb::Consent,
+    request_id: &str,
+) -> Result<pb::RecordConsentResponse, tonic::Status> {
+    Ok(client
+        .inner
+        .clone()
+        .record_consent(client.request(pb::RecordConsentRequest {
+            customer_id: customer_id.into(),
+            consent: Some(consent),
+            request_id: request_id.into(),
+        }))
+        .await?
+        .into_inner())
+}
+
 /// How many consent decisions are stored, for every customer.
 async fn stored_consents(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM customer.consents")
@@ -54,7 +75,7 @@ async fn stored_consents(app: &TestApp) -> i64 {
 fn from_source(source: &str) -> pb::Consent {
     pb::Consent {
         source: source.into(),
-        ..consent(pb::ConsentChannel::Email, pb::ConsentStatus::Granted)
+        ..consent(Channel::Email, pb::ConsentStatus::Granted)
     }
 }
 
@@ -72,13 +93,9 @@ async fn consent_decisions_update_the_customer_and_keep_their_history() {
     let client = app.client().await;
     let created = client.create(ada()).await.unwrap();
     for status in [pb::ConsentStatus::Granted, pb::ConsentStatus::Withdrawn] {
-        record(
-            &client,
-            &created.id,
-            consent(pb::ConsentChannel::Email, status),
-        )
-        .await
-        .unwrap();
+        record(&client, &created.id, consent(Channel::Email, status))
+            .await
+            .unwrap();
     }
 
     let customer = client.get(&created.id).await.unwrap();
@@ -109,9 +126,9 @@ async fn the_recorded_customer_shows_the_latest_decision_per_channel() {
     let client = app.client().await;
     let created = client.create(ada()).await.unwrap();
     let decisions = [
-        (pb::ConsentChannel::Email, pb::ConsentStatus::Granted),
-        (pb::ConsentChannel::Sms, pb::ConsentStatus::Granted),
-        (pb::ConsentChannel::Email, pb::ConsentStatus::Withdrawn),
+        (Channel::Email, pb::ConsentStatus::Granted),
+        (Channel::Sms, pb::ConsentStatus::Granted),
+        (Channel::Email, pb::ConsentStatus::Withdrawn),
     ];
     let mut responses = Vec::new();
 
@@ -132,10 +149,7 @@ async fn the_recorded_customer_shows_the_latest_decision_per_channel() {
         pairs.sort();
         pairs
     };
-    let (email, sms) = (
-        pb::ConsentChannel::Email as i32,
-        pb::ConsentChannel::Sms as i32,
-    );
+    let (email, sms) = (Channel::Email as i32, Channel::Sms as i32);
     let (granted, withdrawn) = (
         pb::ConsentStatus::Granted as i32,
         pb::ConsentStatus::Withdrawn as i32,
@@ -156,12 +170,12 @@ async fn a_consent_missing_a_required_field_is_rejected_naming_it_and_nothing_is
     let app = spawn_app().await;
     let client = app.client().await;
     let created = client.create(ada()).await.unwrap();
-    let valid = consent(pb::ConsentChannel::Sms, pb::ConsentStatus::Granted);
+    let valid = consent(Channel::Sms, pb::ConsentStatus::Granted);
     let cases = [
         (
             "unset channel",
             pb::Consent {
-                channel: pb::ConsentChannel::Unspecified as i32,
+                channel: Channel::Unspecified as i32,
                 ..valid.clone()
             },
             vec!["consent.channel"],
@@ -217,7 +231,7 @@ async fn a_consent_missing_a_required_field_is_rejected_naming_it_and_nothing_is
         (
             "no legal basis and no source",
             pb::Consent {
-                channel: pb::ConsentChannel::Sms as i32,
+                channel: Channel::Sms as i32,
                 status: pb::ConsentStatus::Granted as i32,
                 ..Default::default()
             },
@@ -257,7 +271,7 @@ async fn a_consent_captured_in_the_future_is_rejected_on_capture_time() {
     let created = client.create(ada()).await.unwrap();
     let future = pb::Consent {
         capture_time: Some(timestamp_in(chrono::Duration::hours(1))),
-        ..consent(pb::ConsentChannel::Email, pb::ConsentStatus::Granted)
+        ..consent(Channel::Email, pb::ConsentStatus::Granted)
     };
 
     let status = record(&client, &created.id, future).await.unwrap_err();
@@ -274,7 +288,7 @@ async fn a_consent_captured_in_the_past_keeps_its_capture_time() {
     let captured = timestamp_in(-chrono::Duration::days(3));
     let past = pb::Consent {
         capture_time: Some(captured),
-        ..consent(pb::ConsentChannel::Email, pb::ConsentStatus::Granted)
+        ..consent(Channel::Email, pb::ConsentStatus::Granted)
     };
 
     let customer = record(&client, &created.id, past).await.unwrap();
@@ -296,7 +310,7 @@ async fn a_consent_for_a_malformed_customer_id_is_invalid_argument_on_customer_i
     let status = record(
         &client,
         "not-a-uuid",
-        consent(pb::ConsentChannel::Email, pb::ConsentStatus::Granted),
+        consent(Channel::Email, pb::ConsentStatus::Granted),
     )
     .await
     .unwrap_err();
@@ -314,7 +328,7 @@ async fn a_consent_for_an_unknown_customer_is_not_found() {
     let status = record(
         &client,
         &unknown,
-        consent(pb::ConsentChannel::Email, pb::ConsentStatus::Granted),
+        consent(Channel::Email, pb::ConsentStatus::Granted),
     )
     .await
     .unwrap_err();
@@ -333,7 +347,7 @@ async fn a_consent_for_a_deleted_customer_is_failed_precondition() {
     let status = record(
         &client,
         &created.id,
-        consent(pb::ConsentChannel::Email, pb::ConsentStatus::Granted),
+        consent(Channel::Email, pb::ConsentStatus::Granted),
     )
     .await
     .unwrap_err();
@@ -451,4 +465,122 @@ async fn consent_history_of_an_unknown_customer_is_not_found() {
         .unwrap_err();
 
     assert_error(&status, Code::NotFound, "CUSTOMER_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn in_app_is_a_consent_channel_like_the_others() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+
+    let customer = record(
+        &client,
+        &created.id,
+        consent(Channel::InApp, pb::ConsentStatus::Granted),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(customer.consents.len(), 1);
+    assert_eq!(customer.consents[0].channel, Channel::InApp as i32);
+    let history = history(&client, &created.id, 0, "").await.unwrap();
+    assert_eq!(history.consents[0].channel, Channel::InApp as i32);
+}
+
+#[tokio::test]
+async fn the_recorder_is_the_callers_principal_a_user_or_a_service() {
+    let app = spawn_app().await;
+    let person = app.client().await;
+    let service = app.service_client("marketing").await;
+    let created = person.create(ada()).await.unwrap();
+
+    let by_person = record(
+        &person,
+        &created.id,
+        consent(Channel::Email, pb::ConsentStatus::Granted),
+    )
+    .await
+    .unwrap();
+    let by_service = record(
+        &service,
+        &created.id,
+        consent(Channel::Sms, pb::ConsentStatus::Withdrawn),
+    )
+    .await
+    .unwrap();
+
+    let recorder = |customer: &pb::Customer, channel: Channel| {
+        customer
+            .consents
+            .iter()
+            .find(|c| c.channel == channel as i32)
+            .and_then(|c| c.recorder.clone())
+    };
+    assert_eq!(recorder(&by_person, Channel::Email), Some(test_user()));
+    assert_eq!(
+        recorder(&by_service, Channel::Sms),
+        Some(principal(PrincipalKind::Service, "marketing"))
+    );
+    assert_eq!(
+        by_service.audit.unwrap().updater,
+        Some(principal(PrincipalKind::Service, "marketing"))
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_request_id_records_the_consent_once_and_returns_the_first_response() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+    let decision = consent(Channel::Email, pb::ConsentStatus::Granted);
+
+    let first = record_with_request_id(&client, &created.id, decision.clone(), "unsubscribe-7")
+        .await
+        .unwrap();
+    let again = record_with_request_id(&client, &created.id, decision, "unsubscribe-7")
+        .await
+        .unwrap();
+
+    assert_eq!(again, first);
+    assert_eq!(stored_consents(&app).await, 1);
+    assert_eq!(
+        client.get(&created.id).await.unwrap(),
+        first.customer.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_request_id_reused_for_another_consent_is_rejected_and_nothing_is_recorded() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+    record_with_request_id(
+        &client,
+        &created.id,
+        consent(Channel::Email, pb::ConsentStatus::Granted),
+        "unsubscribe-8",
+    )
+    .await
+    .unwrap();
+
+    let status = record_with_request_id(
+        &client,
+        &created.id,
+        consent(Channel::Email, pb::ConsentStatus::Withdrawn),
+        "unsubscribe-8",
+    )
+    .await
+    .unwrap_err();
+    let too_long = record_with_request_id(
+        &client,
+        &created.id,
+        consent(Channel::Email, pb::ConsentStatus::Withdrawn),
+        &"r".repeat(101),
+    )
+    .await
+    .unwrap_err();
+
+    assert_error(&status, Code::AlreadyExists, "REQUEST_ID_REUSED");
+    assert_invalid(&too_long, &["request_id"]);
+    assert_eq!(stored_consents(&app).await, 1);
 }

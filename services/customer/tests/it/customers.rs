@@ -1,6 +1,9 @@
 //! Create, Get, BatchGet, Update, Delete and Undelete: the single-customer RPCs.
 
-use crate::common::{Client, TestApp, ada, assert_error, assert_invalid, consent, spawn_app};
+use crate::common::{
+    Client, TestApp, ada, assert_error, assert_invalid, consent, principal, spawn_app, test_user,
+};
+use crm_proto::crm::common::v1::{Channel, PrincipalKind};
 use crm_proto::crm::customer::v1 as pb;
 use tonic::{Code, Status};
 use uuid::Uuid;
@@ -112,7 +115,7 @@ async fn a_created_customer_can_be_read_back() {
     assert_eq!(fetched, created);
     assert_eq!(fetched.state, pb::CustomerState::Active as i32);
     assert_eq!(fetched.lifecycle_stage, pb::LifecycleStage::Lead as i32);
-    assert_eq!(fetched.audit.unwrap().created_by, "test");
+    assert_eq!(fetched.audit.unwrap().creator, Some(test_user()));
 }
 
 #[tokio::test]
@@ -162,17 +165,14 @@ async fn output_only_fields_sent_on_create_are_ignored() {
     customer.id = sent_id.clone();
     customer.etag = "\"99\"".into();
     customer.state = pb::CustomerState::Deleted as i32;
-    customer.consents = vec![consent(
-        pb::ConsentChannel::Email,
-        pb::ConsentStatus::Granted,
-    )];
+    customer.consents = vec![consent(Channel::Email, pb::ConsentStatus::Granted)];
     customer.delete_time = Some(long_ago);
     customer.merged_into_id = Uuid::now_v7().to_string();
     customer.audit = Some(crm_proto::crm::common::v1::AuditInfo {
         create_time: Some(long_ago),
         update_time: Some(long_ago),
-        created_by: "mallory".into(),
-        updated_by: "mallory".into(),
+        creator: Some(principal(PrincipalKind::User, "mallory")),
+        updater: Some(principal(PrincipalKind::User, "mallory")),
     });
 
     let created = client.create(customer).await.unwrap();
@@ -185,8 +185,8 @@ async fn output_only_fields_sent_on_create_are_ignored() {
     assert_eq!(created.merged_into_id, "");
     let audit = created.audit.clone().unwrap();
     assert_eq!(
-        (audit.created_by.as_str(), audit.updated_by.as_str()),
-        ("test", "test")
+        (audit.creator, audit.updater),
+        (Some(test_user()), Some(test_user()))
     );
     assert!(audit.create_time.unwrap().seconds > long_ago.seconds);
     assert_eq!(client.get(&created.id).await.unwrap(), created);
@@ -341,10 +341,16 @@ async fn an_unknown_update_mask_path_is_named_by_its_index_and_nothing_is_writte
 
     for unknown in [
         "shoe_size",
+        "*",
         "id",
         "etag",
         "state",
         "audit",
+        "audit.updater",
+        "consents",
+        "merged_into_id",
+        "delete_time",
+        "owner_id",
         "attributes.bad-key",
     ] {
         let status = client
@@ -364,6 +370,30 @@ async fn an_unknown_update_mask_path_is_named_by_its_index_and_nothing_is_writte
         );
     }
     assert_eq!(client.get(&created.id).await.unwrap(), created);
+}
+
+#[tokio::test]
+async fn a_bad_update_mask_is_invalid_argument_even_for_an_unknown_customer() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let mut unknown = ada();
+    unknown.id = Uuid::now_v7().to_string();
+
+    let wildcard = client.update(unknown.clone(), &["*"]).await.unwrap_err();
+    let output_only = client
+        .update(unknown.clone(), &["display_name", "state"])
+        .await
+        .unwrap_err();
+    let empty = client.update(unknown, &[]).await.unwrap_err();
+
+    assert_invalid(&wildcard, &["update_mask.paths[0]"]);
+    assert!(wildcard.message().contains("\"*\""), "{wildcard:?}");
+    assert_invalid(&output_only, &["update_mask.paths[1]"]);
+    assert!(
+        output_only.message().contains("\"state\""),
+        "{output_only:?}"
+    );
+    assert_invalid(&empty, &["update_mask"]);
 }
 
 #[tokio::test]
@@ -807,6 +837,23 @@ async fn batch_get_returns_customers_in_request_order() {
         .unwrap();
 
     assert_eq!(customers, [b, a]);
+}
+
+#[tokio::test]
+async fn batch_get_answers_a_repeated_id_once_per_occurrence_in_request_order() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let a = client.create(ada()).await.unwrap();
+    let b = client.create(ada()).await.unwrap();
+
+    let customers = batch_get(
+        &client,
+        &[a.id.clone(), b.id.clone(), a.id.clone(), a.id.clone()],
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(customers, [a.clone(), b, a.clone(), a]);
 }
 
 #[tokio::test]

@@ -2,8 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Client, ada, assert_error, assert_invalid, spawn_app, within};
-use crm_proto::crm::common::v1::ChangeType;
+use crate::common::{
+    Client, ada, assert_error, assert_invalid, consent, principal, spawn_app, test_user, within,
+};
+use crm_proto::crm::common::v1::{ChangeHeader, ChangeType, PrincipalKind};
 use crm_proto::crm::customer::v1 as pb;
 use futures::StreamExt;
 use tonic::Code;
@@ -15,15 +17,41 @@ async fn watch(
     resume_token: &str,
     start_time: Option<prost_types::Timestamp>,
 ) -> Result<Feed, tonic::Status> {
+    watch_types(client, resume_token, start_time, &[]).await
+}
+
+/// A watch narrowed to `change_types`.
+async fn watch_types(
+    client: &Client,
+    resume_token: &str,
+    start_time: Option<prost_types::Timestamp>,
+    change_types: &[ChangeType],
+) -> Result<Feed, tonic::Status> {
     Ok(client
         .inner
         .clone()
         .watch_customer_changes(client.request(pb::WatchCustomerChangesRequest {
             resume_token: resume_token.into(),
             start_time,
+            change_types: change_types.iter().map(|t| *t as i32).collect(),
         }))
         .await?
         .into_inner())
+}
+
+/// An event's header.
+#[track_caller]
+fn header(event: &pb::CustomerChangeEvent) -> &ChangeHeader {
+    event.header.as_ref().expect("every event has a header")
+}
+
+/// An event's changed paths.
+fn changed_paths(event: &pb::CustomerChangeEvent) -> Vec<String> {
+    header(event)
+        .changed_paths
+        .clone()
+        .map(|mask| mask.paths)
+        .unwrap_or_default()
 }
 
 /// The feed's next event, failing the test if none comes within the call timeout.
@@ -40,18 +68,25 @@ async fn next_event(feed: &mut Feed) -> pb::CustomerChangeEvent {
 /// snapshot was last updated (both are the writing transaction's time).
 #[track_caller]
 fn assert_event(event: &pb::CustomerChangeEvent, change: ChangeType, after: &pb::Customer) {
+    let h = header(event);
     assert_eq!(
-        (event.change_type(), event.customer_id.as_str()),
+        (h.change_type(), h.resource_id.as_str()),
         (change, after.id.as_str()),
         "{event:?}"
     );
+    assert_eq!(h.resource_type, "crm.customer.v1.Customer");
     assert_eq!(event.customer.as_ref(), Some(after), "the snapshot");
     assert_eq!(
-        event.change_time,
+        h.change_time,
         after.audit.as_ref().and_then(|a| a.update_time),
         "the change time"
     );
-    assert!(event.resume_token.parse::<i64>().is_ok(), "{event:?}");
+    assert_eq!(
+        format!("\"{}\"", h.version),
+        after.etag,
+        "the version is the one the etag names"
+    );
+    assert!(h.resume_token.parse::<i64>().is_ok(), "{event:?}");
 }
 
 async fn delete(client: &Client, id: &str) -> pb::Customer {
@@ -65,14 +100,16 @@ async fn the_change_feed_resumes_after_a_token_without_gaps() {
     let first = client.create(ada()).await.unwrap();
     let mut feed = watch(&client, "0", None).await.unwrap();
     let event = next_event(&mut feed).await;
-    assert_eq!(event.customer_id, first.id);
+    assert_eq!(header(&event).resource_id, first.id);
     drop(feed);
 
     let second = client.create(ada()).await.unwrap();
-    let mut resumed = watch(&client, &event.resume_token, None).await.unwrap();
+    let mut resumed = watch(&client, &header(&event).resume_token, None)
+        .await
+        .unwrap();
     let next = next_event(&mut resumed).await;
 
-    assert_eq!(next.customer_id, second.id);
+    assert_eq!(header(&next).resource_id, second.id);
 }
 
 #[tokio::test]
@@ -122,10 +159,13 @@ async fn a_start_time_starts_the_feed_at_the_first_event_at_or_after_it() {
     let first = next_event(&mut feed).await;
     let second = next_event(&mut feed).await;
     assert_eq!(
-        [first.customer_id, second.customer_id],
+        [
+            header(&first).resource_id.clone(),
+            header(&second).resource_id.clone()
+        ],
         [ids[1].clone(), ids[2].clone()]
     );
-    assert_eq!(first.change_time, Some(start_time));
+    assert_eq!(header(&first).change_time, Some(start_time));
 }
 
 #[tokio::test]
@@ -169,7 +209,7 @@ async fn a_resume_token_older_than_the_oldest_kept_event_is_out_of_range() {
     }
     // The token of the last event before the oldest kept one still continues without a gap.
     let mut feed = watch(&client, &tokens[1].to_string(), None).await.unwrap();
-    assert_eq!(next_event(&mut feed).await.customer_id, ids[2]);
+    assert_eq!(header(&next_event(&mut feed).await).resource_id, ids[2]);
 }
 
 #[tokio::test]
@@ -182,7 +222,10 @@ async fn a_created_event_carries_the_new_customer() {
 
     let event = next_event(&mut feed).await;
     assert_event(&event, ChangeType::Created, &created);
-    assert_eq!(event.merged_into_id, "");
+    assert_eq!(header(&event).merged_into_id, "");
+    assert_eq!(header(&event).version, 1);
+    assert_eq!(changed_paths(&event), Vec::<String>::new());
+    assert_eq!(header(&event).actor, Some(test_user()));
 }
 
 #[tokio::test]
@@ -205,6 +248,8 @@ async fn an_updated_event_carries_the_customer_after_the_update() {
 
     let event = next_event(&mut feed).await;
     assert_event(&event, ChangeType::Updated, &updated);
+    assert_eq!(changed_paths(&event), ["company_name"]);
+    assert_eq!(header(&event).version, 2);
     assert_eq!(event.customer.unwrap().company_name, "Analytical Engines");
 }
 
@@ -274,9 +319,9 @@ async fn a_merge_sends_a_merged_event_naming_the_survivor_then_the_survivors_upd
     let kept = next_event(&mut feed).await;
     assert_eq!(
         (
-            gone.change_type(),
-            gone.customer_id.as_str(),
-            gone.merged_into_id.as_str()
+            header(&gone).change_type(),
+            header(&gone).resource_id.as_str(),
+            header(&gone).merged_into_id.as_str()
         ),
         (
             ChangeType::Merged,
@@ -302,9 +347,17 @@ async fn a_merge_sends_a_merged_event_naming_the_survivor_then_the_survivors_upd
             duplicate.email.as_str()
         )
     );
-    assert_eq!(gone.change_time, snapshot.audit.and_then(|a| a.update_time));
+    assert_eq!(
+        header(&gone).change_time,
+        snapshot.audit.and_then(|a| a.update_time)
+    );
     assert_event(&kept, ChangeType::Updated, &merged);
-    assert_eq!(gone.change_time, kept.change_time, "one transaction");
+    assert_eq!(header(&kept).merged_into_id, "");
+    assert_eq!(
+        header(&gone).change_time,
+        header(&kept).change_time,
+        "one transaction"
+    );
 }
 
 #[tokio::test]
@@ -319,16 +372,17 @@ async fn an_erased_event_names_the_customer_without_a_snapshot() {
     let event = next_event(&mut feed).await;
     assert_eq!(
         (
-            event.change_type(),
-            event.customer_id.as_str(),
+            header(&event).change_type(),
+            header(&event).resource_id.as_str(),
             event.customer.as_ref()
         ),
         (ChangeType::Erased, created.id.as_str(), None)
     );
     assert_eq!(
-        event.change_time,
+        header(&event).change_time,
         tombstone.audit.and_then(|a| a.update_time)
     );
+    assert_eq!(format!("\"{}\"", header(&event).version), tombstone.etag);
 }
 
 /// Inserts a feed event with a chosen sequence number, as a write transaction that took the
@@ -380,10 +434,119 @@ async fn the_change_feed_waits_for_a_late_commit_instead_of_skipping_it() {
             continue;
         }
 
-        let first = next_event(&mut feed).await.resume_token;
-        let second = next_event(&mut feed).await.resume_token;
+        let first = header(&next_event(&mut feed).await).resume_token.clone();
+        let second = header(&next_event(&mut feed).await).resume_token.clone();
         assert_eq!([first, second], [late.to_string(), early.to_string()]);
         return;
     }
     panic!("in five attempts, no late commit came within {FILLED_IN_TIME:?} of its gap opening");
+}
+
+#[tokio::test]
+async fn a_consent_decision_is_an_update_of_consents_by_the_caller() {
+    let app = spawn_app().await;
+    let client = app.service_client("marketing").await;
+    let created = client.create(ada()).await.unwrap();
+    let mut feed = watch(&client, "", None).await.unwrap();
+
+    let recorded = client
+        .inner
+        .clone()
+        .record_consent(client.request(pb::RecordConsentRequest {
+            customer_id: created.id.clone(),
+            consent: Some(consent(
+                crm_proto::crm::common::v1::Channel::Email,
+                pb::ConsentStatus::Withdrawn,
+            )),
+            request_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+
+    let event = next_event(&mut feed).await;
+    assert_event(&event, ChangeType::Updated, &recorded);
+    assert_eq!(changed_paths(&event), ["consents"]);
+    assert_eq!(
+        header(&event).actor,
+        Some(principal(PrincipalKind::Service, "marketing"))
+    );
+}
+
+#[tokio::test]
+async fn an_update_lists_only_the_masked_fields_whose_value_changed() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+    let mut feed = watch(&client, "", None).await.unwrap();
+    let mut change = created.clone();
+    change.display_name = created.display_name.clone();
+    change.tags = vec!["vip".into(), "b2b".into()];
+    change.attributes.insert(
+        "tier".into(),
+        pb::AttributeValue {
+            kind: Some(pb::attribute_value::Kind::StringValue("gold".into())),
+        },
+    );
+
+    client
+        .update(change, &["display_name", "tags", "attributes", "tags"])
+        .await
+        .unwrap();
+
+    let event = next_event(&mut feed).await;
+    assert_eq!(changed_paths(&event), ["tags", "attributes.tier"]);
+}
+
+#[tokio::test]
+async fn change_types_narrow_the_feed_to_those_kinds() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let mut feed = watch_types(
+        &client,
+        "",
+        None,
+        &[ChangeType::Deleted, ChangeType::Undeleted],
+    )
+    .await
+    .unwrap();
+
+    let created = client.create(ada()).await.unwrap();
+    client
+        .update(
+            pb::Customer {
+                display_name: "Ada King".into(),
+                ..created.clone()
+            },
+            &["display_name"],
+        )
+        .await
+        .unwrap();
+    let deleted = delete(&client, &created.id).await;
+    let restored = client.undelete(&created.id, "").await.unwrap();
+
+    let first = next_event(&mut feed).await;
+    let second = next_event(&mut feed).await;
+    assert_event(&first, ChangeType::Deleted, &deleted);
+    assert_event(&second, ChangeType::Undeleted, &restored);
+}
+
+#[tokio::test]
+async fn an_unspecified_or_unknown_change_type_is_invalid_naming_its_index() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+
+    let status = client
+        .inner
+        .clone()
+        .watch_customer_changes(client.request(pb::WatchCustomerChangesRequest {
+            change_types: vec![ChangeType::Created as i32, 0, 42],
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+
+    assert_invalid(&status, &["change_types[1]", "change_types[2]"]);
 }

@@ -1,7 +1,12 @@
-//! EraseCustomer and ExportCustomerData.
+//! GDPR: EraseServiceCustomerData and ExportServiceCustomerData (this service's part), and the
+//! suite-wide EraseCustomer and ExportCustomerData operations and the ScanDuplicateCustomers
+//! operation, which validate their request and then answer UNIMPLEMENTED until the operations
+//! runner is deployed.
 
-use crate::common::{Client, ada, assert_error, assert_invalid, consent, spawn_app};
-use crm_proto::crm::common::v1::PostalAddress;
+use crate::common::{
+    Client, ada, assert_error, assert_invalid, consent, principal, spawn_app, test_user,
+};
+use crm_proto::crm::common::v1::{Channel, PostalAddress, PrincipalKind};
 use crm_proto::crm::customer::v1 as pb;
 use tonic::Code;
 use uuid::Uuid;
@@ -9,11 +14,12 @@ use uuid::Uuid;
 async fn export(
     client: &Client,
     id: &str,
-) -> Result<pb::ExportCustomerDataResponse, tonic::Status> {
+) -> Result<pb::ExportServiceCustomerDataResponse, tonic::Status> {
+    let request = client.request(pb::ExportServiceCustomerDataRequest { id: id.into() });
     Ok(client
         .inner
         .clone()
-        .export_customer_data(client.request(pb::ExportCustomerDataRequest { id: id.into() }))
+        .export_service_customer_data(request)
         .await?
         .into_inner())
 }
@@ -21,7 +27,7 @@ async fn export(
 async fn record_consent(
     client: &Client,
     customer_id: &str,
-    channel: pb::ConsentChannel,
+    channel: Channel,
     status: pb::ConsentStatus,
 ) {
     let customer = client
@@ -30,6 +36,7 @@ async fn record_consent(
         .record_consent(client.request(pb::RecordConsentRequest {
             customer_id: customer_id.into(),
             consent: Some(consent(channel, status)),
+            request_id: String::new(),
         }))
         .await
         .unwrap()
@@ -61,7 +68,7 @@ async fn record_interaction(
                 r#type: pb::InteractionType::Meeting as i32,
                 subject: subject.into(),
                 body: format!("notes of {subject}"),
-                owner_id: "owner-7".into(),
+                owner: Some(principal(PrincipalKind::User, "owner-7")),
                 occur_time: Some(prost_types::Timestamp {
                     seconds: seconds_since_epoch() - hours_ago * 3600,
                     nanos: 0,
@@ -92,7 +99,7 @@ fn ada_in_full() -> pb::Customer {
         given_name: "Augusta Ada".into(),
         family_name: "King".into(),
         company_name: "Analytical Engines".into(),
-        owner_id: "owner-7".into(),
+        owner: Some(principal(PrincipalKind::Team, "owner-7")),
         source: "web-signup".into(),
         attributes: [(
             "tier".to_string(),
@@ -135,7 +142,7 @@ async fn erase_removes_personal_data_but_keeps_a_tombstone() {
     record_consent(
         &client,
         &created.id,
-        pb::ConsentChannel::Sms,
+        Channel::Sms,
         pb::ConsentStatus::Granted,
     )
     .await;
@@ -151,8 +158,8 @@ async fn erase_removes_personal_data_but_keeps_a_tombstone() {
         created.audit.as_ref().unwrap().create_time
     );
     assert_eq!(
-        (audit.created_by.as_str(), audit.updated_by.as_str()),
-        ("test", "test")
+        (audit.creator, audit.updater),
+        (Some(test_user()), Some(test_user()))
     );
     let personal = (
         tombstone.display_name.as_str(),
@@ -161,10 +168,10 @@ async fn erase_removes_personal_data_but_keeps_a_tombstone() {
         tombstone.email.as_str(),
         tombstone.phone.as_str(),
         tombstone.company_name.as_str(),
-        tombstone.owner_id.as_str(),
         tombstone.source.as_str(),
     );
-    assert_eq!(personal, ("", "", "", "", "", "", "", ""), "{tombstone:?}");
+    assert_eq!(personal, ("", "", "", "", "", "", ""), "{tombstone:?}");
+    assert_eq!(tombstone.owner, None, "{tombstone:?}");
     assert!(tombstone.tags.is_empty(), "{tombstone:?}");
     assert!(tombstone.attributes.is_empty(), "{tombstone:?}");
     assert!(tombstone.contact_points.is_empty(), "{tombstone:?}");
@@ -194,20 +201,8 @@ async fn erase_deletes_the_consent_history_and_interaction_contents_from_the_dat
     let created = client.create(ada()).await.unwrap();
     let bystander = client.create(ada()).await.unwrap();
     for id in [&created.id, &bystander.id] {
-        record_consent(
-            &client,
-            id,
-            pb::ConsentChannel::Email,
-            pb::ConsentStatus::Granted,
-        )
-        .await;
-        record_consent(
-            &client,
-            id,
-            pb::ConsentChannel::Email,
-            pb::ConsentStatus::Withdrawn,
-        )
-        .await;
+        record_consent(&client, id, Channel::Email, pb::ConsentStatus::Granted).await;
+        record_consent(&client, id, Channel::Email, pb::ConsentStatus::Withdrawn).await;
     }
     record_interaction(&client, &created.id, "kick-off", 2).await;
     record_interaction(&client, &bystander.id, "bystander call", 2).await;
@@ -377,14 +372,14 @@ async fn the_gdpr_export_holds_everything_about_the_customer() {
     record_consent(
         &client,
         &created.id,
-        pb::ConsentChannel::Email,
+        Channel::Email,
         pb::ConsentStatus::Granted,
     )
     .await;
     record_consent(
         &client,
         &created.id,
-        pb::ConsentChannel::Email,
+        Channel::Email,
         pb::ConsentStatus::Withdrawn,
     )
     .await;
@@ -411,6 +406,27 @@ async fn the_gdpr_export_holds_everything_about_the_customer() {
     );
     assert_eq!(export.interactions, [newer, older], "newest first");
     assert_eq!(export.merge_records, [record]);
+    let history = client
+        .field_changes(pb::ListCustomerFieldChangesRequest {
+            customer_id: created.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .field_changes;
+    let paths: Vec<&str> = export
+        .field_changes
+        .iter()
+        .map(|c| c.path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        ["contact_points", "consents.EMAIL", "consents.EMAIL"]
+    );
+    assert_eq!(
+        export.field_changes, history,
+        "the whole field history, newest first"
+    );
     let export_time = export.export_time.unwrap().seconds;
     assert!(
         (before - 1..=after + 1).contains(&export_time),
@@ -452,4 +468,104 @@ async fn gdpr_calls_without_the_gdpr_scope_are_permission_denied() {
         assert!(status.message().contains("customer.gdpr"), "{status:?}");
     }
     assert_eq!(client.get(&created.id).await.unwrap(), created);
+}
+
+/// Calls one of the three operations with `id` (and a reason where it takes one).
+async fn start_operation(client: &Client, method: &str, id: &str, reason: &str) -> tonic::Status {
+    let mut inner = client.inner.clone();
+    let outcome = match method {
+        "EraseCustomer" => inner
+            .erase_customer(client.request(pb::EraseCustomerRequest {
+                id: id.into(),
+                reason: reason.into(),
+                request_id: String::new(),
+            }))
+            .await
+            .map(drop),
+        "ExportCustomerData" => inner
+            .export_customer_data(client.request(pb::ExportCustomerDataRequest {
+                id: id.into(),
+                request_id: String::new(),
+            }))
+            .await
+            .map(drop),
+        other => panic!("no operation {other}"),
+    };
+    outcome.expect_err("no operation runs yet")
+}
+
+#[tokio::test]
+async fn erase_and_export_operations_are_unimplemented_until_the_runner_is_deployed() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+
+    for method in ["EraseCustomer", "ExportCustomerData"] {
+        let status = start_operation(&client, method, &created.id, "ticket 42").await;
+
+        assert_eq!(status.code(), Code::Unimplemented, "{method}: {status:?}");
+        assert!(
+            status.message().contains(
+                "runs as a long-running operation; the operations runner is not deployed yet"
+            ),
+            "{method}: {status:?}"
+        );
+    }
+    assert_eq!(
+        client.get(&created.id).await.unwrap(),
+        created,
+        "nothing erased"
+    );
+}
+
+#[tokio::test]
+async fn erase_and_export_operations_validate_their_request_first() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+    let unknown = Uuid::now_v7().to_string();
+
+    for method in ["EraseCustomer", "ExportCustomerData"] {
+        let malformed = start_operation(&client, method, "nope", "ticket 42").await;
+        let missing = start_operation(&client, method, &unknown, "ticket 42").await;
+
+        assert_invalid(&malformed, &["id"]);
+        assert_error(&missing, Code::NotFound, "CUSTOMER_NOT_FOUND");
+    }
+    let no_reason = start_operation(&client, "EraseCustomer", &created.id, " ").await;
+    let nothing = start_operation(&client, "EraseCustomer", "", "").await;
+    assert_invalid(&no_reason, &["reason"]);
+    assert_invalid(&nothing, &["id", "reason"]);
+}
+
+#[tokio::test]
+async fn the_duplicate_scan_validates_its_request_and_is_unimplemented_until_the_runner_is_deployed()
+ {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let scan = |min_score: Option<f64>, request_id: String| {
+        let mut inner = client.inner.clone();
+        let request = client.request(pb::ScanDuplicateCustomersRequest {
+            min_score,
+            request_id,
+        });
+        async move { inner.scan_duplicate_customers(request).await.unwrap_err() }
+    };
+
+    let valid = scan(Some(0.9), "scan-1".into()).await;
+    let defaulted = scan(None, String::new()).await;
+    let above_one = scan(Some(1.5), String::new()).await;
+    let negative = scan(Some(-0.1), String::new()).await;
+    let long_request_id = scan(None, "r".repeat(101)).await;
+
+    for status in [valid, defaulted] {
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        assert!(
+            status.message().contains("ScanDuplicateCustomers"),
+            "{status:?}"
+        );
+    }
+    assert_invalid(&above_one, &["min_score"]);
+    assert_invalid(&negative, &["min_score"]);
+    assert_invalid(&long_request_id, &["request_id"]);
 }

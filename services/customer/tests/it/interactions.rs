@@ -1,8 +1,10 @@
 //! CreateInteraction and ListInteractions.
 
 use crate::common::{
-    Client, TestApp, ada, assert_error, assert_invalid, spawn_app, violated_fields,
+    Client, TestApp, ada, assert_error, assert_invalid, principal, spawn_app, test_user,
+    violated_fields,
 };
+use crm_proto::crm::common::v1::PrincipalKind;
 use crm_proto::crm::customer::v1 as pb;
 use tonic::Code;
 
@@ -122,7 +124,7 @@ async fn a_created_interaction_is_returned_as_stored() {
             seconds: 900,
             nanos: 0,
         }),
-        owner_id: "rep-7".into(),
+        owner: Some(principal(PrincipalKind::User, "rep-7")),
         ..note(&customer.id, "inbound call")
     };
 
@@ -140,7 +142,7 @@ async fn a_created_interaction_is_returned_as_stored() {
     assert_eq!(listed.interactions, std::slice::from_ref(&created));
     assert!(uuid::Uuid::parse_str(&created.id).is_ok());
     let audit = created.audit.clone().unwrap();
-    assert_eq!(audit.created_by, "test");
+    assert_eq!(audit.creator, Some(test_user()));
     let expected = pb::Interaction {
         id: created.id.clone(),
         audit: created.audit.clone(),
@@ -213,12 +215,28 @@ async fn an_interaction_with_a_bad_field_is_rejected_naming_it_and_nothing_is_wr
             "interaction.body",
         ),
         (
-            "owner id over 100 characters",
+            "owner id over 200 characters",
             pb::Interaction {
-                owner_id: "o".repeat(101),
+                owner: Some(principal(PrincipalKind::Team, &"o".repeat(201))),
                 ..valid.clone()
             },
-            "interaction.owner_id",
+            "interaction.owner.id",
+        ),
+        (
+            "an agent as owner",
+            pb::Interaction {
+                owner: Some(principal(PrincipalKind::Agent, "agent-1")),
+                ..valid.clone()
+            },
+            "interaction.owner.kind",
+        ),
+        (
+            "unknown direction",
+            pb::Interaction {
+                direction: 9,
+                ..valid.clone()
+            },
+            "interaction.direction",
         ),
         (
             "occur time two days ahead",
@@ -270,7 +288,7 @@ async fn an_interaction_at_every_limit_is_accepted() {
         r#type: pb::InteractionType::Meeting as i32,
         subject: "s".repeat(200),
         body: "b".repeat(10_000),
-        owner_id: "o".repeat(100),
+        owner: Some(principal(PrincipalKind::User, &"o".repeat(200))),
         occur_time: Some(hours_from_now(23)),
         duration: Some(prost_types::Duration {
             seconds: 86_400,
@@ -285,9 +303,9 @@ async fn an_interaction_at_every_limit_is_accepted() {
         (
             created.subject.len(),
             created.body.len(),
-            created.owner_id.len()
+            created.owner.as_ref().unwrap().id.len()
         ),
-        (200, 10_000, 100)
+        (200, 10_000, 200)
     );
     assert_eq!(created.duration, at_limits.duration);
     assert_eq!(stored_interactions(&app).await, 1);
@@ -485,6 +503,7 @@ async fn interactions_filter_by_type_direction_and_occur_time() {
             "type = CALL AND direction = INBOUND".to_string(),
             vec!["old inbound call"],
         ),
+        ("direction = NONE".to_string(), vec!["note"]),
         (
             format!("occur_time < \"{fifteen_hours_ago}\""),
             vec!["outbound email", "old inbound call"],
@@ -509,6 +528,29 @@ async fn interactions_filter_by_type_direction_and_occur_time() {
 
         assert_eq!(subjects(&page), expected, "filter {filter}");
     }
+}
+
+#[tokio::test]
+async fn an_interaction_sent_without_a_direction_has_direction_none() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let customer = client.create(ada()).await.unwrap();
+
+    let created = create(&client, note(&customer.id, "a note"), "")
+        .await
+        .unwrap();
+    let listed = list(
+        &client,
+        pb::ListInteractionsRequest {
+            customer_id: customer.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(created.direction, pb::InteractionDirection::None as i32);
+    assert_eq!(listed.interactions, [created]);
 }
 
 #[tokio::test]

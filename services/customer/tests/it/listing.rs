@@ -320,68 +320,135 @@ async fn ties_on_the_sort_key_are_broken_by_id_and_paging_through_them_loses_not
     }
 }
 
-#[tokio::test]
-async fn show_deleted_adds_deleted_customers_but_never_merged_or_erased_ones() {
-    let app = spawn_app().await;
-    let client = app.client().await;
-    let mut inner = client.inner.clone();
+/// One customer in each state, made through the RPCs: (active survivor, deleted, merged,
+/// erased), in creation order.
+async fn one_in_each_state(client: &Client) -> [pb::Customer; 4] {
     let active = client.create(ada()).await.unwrap();
     let deleted = client.create(ada()).await.unwrap();
-    inner
-        .delete_customer(client.request(pb::DeleteCustomerRequest {
-            id: deleted.id.clone(),
-            etag: String::new(),
-        }))
-        .await
-        .unwrap();
+    let deleted = client.delete(&deleted.id, "").await.unwrap();
     let merged = client.create(ada()).await.unwrap();
-    let survivor = inner
-        .merge_customers(client.request(pb::MergeCustomersRequest {
-            survivor_id: active.id.clone(),
-            duplicate_ids: vec![merged.id.clone()],
-            request_id: String::new(),
-        }))
+    let survivor = client
+        .merge(&active.id, &[&merged.id], "")
         .await
         .unwrap()
-        .into_inner()
         .customer
         .unwrap();
     let erased = client.create(ada()).await.unwrap();
-    inner
-        .erase_customer(client.request(pb::EraseCustomerRequest {
-            id: erased.id.clone(),
-            reason: "ticket 42".into(),
-        }))
+    let erased = client.erase(&erased.id, "ticket 42").await.unwrap();
+    [survivor, deleted, merged, erased]
+}
+
+/// (id, state) of every customer a listing returns, across pages.
+async fn listed_states(
+    client: &Client,
+    request: pb::ListCustomersRequest,
+) -> Vec<(String, pb::CustomerState)> {
+    all_pages(client, request)
         .await
-        .unwrap();
-    let listing = |show_deleted| {
-        let client = client.clone();
-        async move {
-            client
-                .list(pb::ListCustomersRequest {
-                    show_deleted,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .customers
-                .into_iter()
-                .map(|c| (c.id, pb::CustomerState::try_from(c.state).unwrap()))
-                .collect::<Vec<_>>()
-        }
+        .into_iter()
+        .flatten()
+        .map(|c| (c.id, pb::CustomerState::try_from(c.state).unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn show_deleted_adds_deleted_merged_and_erased_customers() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let [survivor, deleted, merged, erased] = one_in_each_state(&client).await;
+    let listing = |show_deleted| pb::ListCustomersRequest {
+        show_deleted,
+        ..Default::default()
     };
 
-    let without = listing(false).await;
-    let with = listing(true).await;
+    let without = listed_states(&client, listing(false)).await;
+    let with = listed_states(&client, listing(true)).await;
 
-    assert_eq!(without, [(survivor.id.clone(), pb::CustomerState::Active)]);
+    use pb::CustomerState::{Active, Deleted, Erased, Merged};
+    assert_eq!(without, [(survivor.id.clone(), Active)]);
     assert_eq!(
         with,
         [
-            (survivor.id, pb::CustomerState::Active),
-            (deleted.id, pb::CustomerState::Deleted),
+            (survivor.id, Active),
+            (deleted.id, Deleted),
+            (merged.id, Merged),
+            (erased.id, Erased),
         ]
     );
+}
+
+#[tokio::test]
+async fn a_state_filter_picks_states_and_without_show_deleted_matches_only_active() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let [survivor, deleted, merged, erased] = one_in_each_state(&client).await;
+    let ids = |listed: Vec<(String, pb::CustomerState)>| -> Vec<String> {
+        listed.into_iter().map(|(id, _)| id).collect()
+    };
+
+    for (filter, show_deleted, expected) in [
+        ("state = MERGED", true, vec![merged.id.clone()]),
+        ("state = ERASED", true, vec![erased.id.clone()]),
+        (
+            "state != ACTIVE",
+            true,
+            vec![deleted.id.clone(), merged.id.clone(), erased.id.clone()],
+        ),
+        (
+            "state = DELETED OR state = ACTIVE",
+            true,
+            vec![survivor.id.clone(), deleted.id.clone()],
+        ),
+        ("state = MERGED", false, vec![]),
+        ("state = ACTIVE", false, vec![survivor.id.clone()]),
+    ] {
+        let request = pb::ListCustomersRequest {
+            filter: filter.into(),
+            show_deleted,
+            ..Default::default()
+        };
+
+        let listed = ids(listed_states(&client, request).await);
+
+        assert_eq!(listed, expected, "{filter} (show_deleted {show_deleted})");
+    }
+    let status = client
+        .list(pb::ListCustomersRequest {
+            filter: "state = GONE".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(&status, &["filter"]);
+}
+
+#[tokio::test]
+async fn erased_customers_without_names_page_by_display_name_without_loss() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let mut all = Vec::new();
+    for _ in 0..2 {
+        all.extend(one_in_each_state(&client).await.map(|c| c.id));
+    }
+    all.sort();
+
+    for order_by in ["display_name", "display_name desc", "email desc"] {
+        let request = pb::ListCustomersRequest {
+            order_by: order_by.into(),
+            page_size: 1,
+            show_deleted: true,
+            ..Default::default()
+        };
+
+        let mut listed: Vec<String> = listed_states(&client, request)
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+
+        listed.sort();
+        assert_eq!(listed, all, "{order_by}: every customer exactly once");
+    }
 }
 
 #[tokio::test]

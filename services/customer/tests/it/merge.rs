@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::common::{Client, ada, assert_error, assert_invalid, consent, spawn_app};
-use crm_proto::crm::common::v1::PostalAddress;
+use crate::common::{
+    Client, ada, assert_error, assert_invalid, consent, principal, spawn_app, test_user,
+};
+use crm_proto::crm::common::v1::{Channel, PostalAddress, PrincipalKind};
 use crm_proto::crm::customer::v1 as pb;
 use tonic::Code;
 use uuid::Uuid;
@@ -17,6 +19,7 @@ async fn merge_records(
         .clone()
         .list_merge_records(client.request(pb::ListMergeRecordsRequest {
             customer_id: customer_id.into(),
+            ..Default::default()
         }))
         .await?
         .into_inner()
@@ -134,7 +137,7 @@ async fn the_merge_response_carries_the_survivor_and_the_merge_record() {
     assert!(Uuid::parse_str(&record.id).is_ok(), "{record:?}");
     assert_eq!(record.survivor_id, survivor.id);
     assert_eq!(record.merged_ids, [second.id, first.id]);
-    assert_eq!(record.merged_by, "test");
+    assert_eq!(record.merger, Some(test_user()));
     let merge_time = record.merge_time.unwrap().seconds;
     assert!(
         (seconds_since_epoch() - merge_time).abs() <= 5,
@@ -161,7 +164,7 @@ async fn the_survivor_gains_the_duplicates_contact_points_addresses_tags_and_mis
     dup.given_name = "Augusta".into();
     dup.family_name = "King".into();
     dup.company_name = "Analytical Engines".into();
-    dup.owner_id = "owner-7".into();
+    dup.owner = Some(principal(PrincipalKind::Team, "owner-7"));
     dup.phone = "+442079460321".into();
     dup.tags = vec!["vip".into(), "newsletter".into()];
     dup.contact_points = vec![contact(
@@ -189,14 +192,14 @@ async fn the_survivor_gains_the_duplicates_contact_points_addresses_tags_and_mis
             merged.given_name.as_str(),
             merged.family_name.as_str(),
             merged.company_name.as_str(),
-            merged.owner_id.as_str(),
+            merged.owner.as_ref().map(|o| o.id.as_str()),
             merged.phone.as_str(),
         ),
         (
             "Augusta",
             "King",
             "Analytical Engines",
-            "owner-7",
+            Some("owner-7"),
             "+442079460321"
         )
     );
@@ -295,14 +298,12 @@ async fn the_survivor_gains_the_duplicates_interactions_and_consent_history() {
     let mut inner = client.inner.clone();
     let survivor = client.create(ada()).await.unwrap();
     let dup = client.create(ada()).await.unwrap();
-    for (id, channel) in [
-        (&survivor.id, pb::ConsentChannel::Email),
-        (&dup.id, pb::ConsentChannel::Sms),
-    ] {
+    for (id, channel) in [(&survivor.id, Channel::Email), (&dup.id, Channel::Sms)] {
         let recorded = inner
             .record_consent(client.request(pb::RecordConsentRequest {
                 customer_id: id.clone(),
                 consent: Some(consent(channel, pb::ConsentStatus::Granted)),
+                request_id: String::new(),
             }))
             .await
             .unwrap()
@@ -336,13 +337,7 @@ async fn the_survivor_gains_the_duplicates_interactions_and_consent_history() {
 
     let mut channels: Vec<i32> = merged.consents.iter().map(|c| c.channel).collect();
     channels.sort();
-    assert_eq!(
-        channels,
-        [
-            pb::ConsentChannel::Email as i32,
-            pb::ConsentChannel::Sms as i32
-        ]
-    );
+    assert_eq!(channels, [Channel::Email as i32, Channel::Sms as i32]);
     let history = inner
         .list_consent_history(client.request(pb::ListConsentHistoryRequest {
             customer_id: survivor.id.clone(),
@@ -557,7 +552,7 @@ async fn a_deleted_duplicate_or_survivor_is_not_active_and_nothing_is_merged() {
 }
 
 #[tokio::test]
-async fn merge_records_are_listed_newest_first() {
+async fn merge_records_are_listed_oldest_first() {
     let app = spawn_app().await;
     let client = app.client().await;
     let survivor = client.create(ada()).await.unwrap();
@@ -578,9 +573,9 @@ async fn merge_records_are_listed_newest_first() {
 
     let records = merge_records(&client, &survivor.id).await.unwrap();
 
-    assert_eq!(records, [second, first]);
-    assert_eq!(records[0].merged_ids, std::slice::from_ref(&newer.id));
-    assert_eq!(records[1].merged_ids, std::slice::from_ref(&older.id));
+    assert_eq!(records, [first, second]);
+    assert_eq!(records[0].merged_ids, std::slice::from_ref(&older.id));
+    assert_eq!(records[1].merged_ids, std::slice::from_ref(&newer.id));
 }
 
 #[tokio::test]
@@ -595,4 +590,151 @@ async fn listing_merge_records_of_a_malformed_or_unknown_id_is_invalid_or_not_fo
 
     assert_invalid(&malformed, &["customer_id"]);
     assert_error(&missing, Code::NotFound, "CUSTOMER_NOT_FOUND");
+}
+
+/// Every merge record a request lists, following the pages (of `page_size`).
+async fn all_merge_records(client: &Client, request: pb::ListMergeRecordsRequest) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut request = request;
+    loop {
+        let page = client.merge_records(request.clone()).await.unwrap();
+        assert!(page.merge_records.len() <= request.page_size.max(1) as usize);
+        ids.extend(page.merge_records.into_iter().map(|r| r.id));
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        assert!(ids.len() < 1000, "paging never ends");
+        request.page_token = page.next_page_token;
+    }
+}
+
+/// Five merges: three into one survivor, two into another. Returns (survivors, records in
+/// merge order).
+async fn five_merges(client: &Client) -> ([String; 2], Vec<pb::MergeRecord>) {
+    let first = client.create(ada()).await.unwrap().id;
+    let second = client.create(ada()).await.unwrap().id;
+    let mut records = Vec::new();
+    for survivor in [&first, &second, &first, &second, &first] {
+        let duplicate = client.create(ada()).await.unwrap().id;
+        let merged = client.merge(survivor, &[&duplicate], "").await.unwrap();
+        records.push(merged.merge_record.unwrap());
+    }
+    ([first, second], records)
+}
+
+#[tokio::test]
+async fn without_a_customer_every_merge_is_listed_page_by_page_oldest_first() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let ([first, _], records) = five_merges(&client).await;
+    let ids = |picked: &[usize]| -> Vec<String> {
+        picked.iter().map(|i| records[*i].id.clone()).collect()
+    };
+
+    let all = all_merge_records(
+        &client,
+        pb::ListMergeRecordsRequest {
+            page_size: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    let of_first = all_merge_records(
+        &client,
+        pb::ListMergeRecordsRequest {
+            customer_id: first,
+            page_size: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+
+    assert_eq!(all, ids(&[0, 1, 2, 3, 4]));
+    assert_eq!(of_first, ids(&[0, 2, 4]));
+}
+
+#[tokio::test]
+async fn merge_records_filter_on_survivor_merged_ids_and_merge_time() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let ([_, second], records) = five_merges(&client).await;
+    let ids = |picked: &[usize]| -> Vec<String> {
+        picked.iter().map(|i| records[*i].id.clone()).collect()
+    };
+    let time = |i: usize| {
+        let t = records[i].merge_time.unwrap();
+        chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+
+    for (filter, expected) in [
+        (format!("survivor_id = \"{second}\""), ids(&[1, 3])),
+        (
+            format!("merged_ids:\"{}\"", records[2].merged_ids[0]),
+            ids(&[2]),
+        ),
+        (format!("merge_time > \"{}\"", time(2)), ids(&[3, 4])),
+        (
+            format!(
+                "merge_time <= \"{}\" AND survivor_id != \"{second}\"",
+                time(2)
+            ),
+            ids(&[0, 2]),
+        ),
+    ] {
+        let listed = all_merge_records(
+            &client,
+            pb::ListMergeRecordsRequest {
+                filter: filter.clone(),
+                page_size: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+
+        assert_eq!(listed, expected, "{filter}");
+    }
+}
+
+#[tokio::test]
+async fn a_merge_record_page_token_is_tied_to_its_query_and_bad_requests_are_named() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let ([first, _], _) = five_merges(&client).await;
+    let page = client
+        .merge_records(pb::ListMergeRecordsRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let other_customer = client
+        .merge_records(pb::ListMergeRecordsRequest {
+            customer_id: first,
+            page_size: 1,
+            page_token: page.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let bad_filter = client
+        .merge_records(pb::ListMergeRecordsRequest {
+            filter: "merge_time > 5".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let negative = client
+        .merge_records(pb::ListMergeRecordsRequest {
+            page_size: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+
+    assert_invalid(&other_customer, &["page_token"]);
+    assert_invalid(&bad_filter, &["filter"]);
+    assert_invalid(&negative, &["page_size"]);
 }

@@ -58,7 +58,7 @@ async fn duplicates_of(
         .clone()
         .find_duplicate_customers(client.request(pb::FindDuplicateCustomersRequest {
             customer_id: customer_id.into(),
-            page_size: 10,
+            max_results: 10,
         }))
         .await?
         .into_inner())
@@ -375,16 +375,7 @@ async fn search_never_returns_deleted_merged_or_erased_customers() {
         merge.merge_record.unwrap().merged_ids,
         std::slice::from_ref(&merged.id)
     );
-    let erased = inner
-        .erase_customer(client.request(pb::EraseCustomerRequest {
-            id: erased.id.clone(),
-            reason: "ticket 7".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap();
+    let erased = client.erase(&erased.id, "ticket 7").await.unwrap();
     assert_eq!(erased.state, pb::CustomerState::Erased as i32);
 
     // By words (full text) and, misspelt, by similarity: the two ways a search matches.
@@ -539,4 +530,32 @@ async fn finding_duplicates_of_a_deleted_customer_is_a_failed_precondition() {
     let status = duplicates_of(&client, &original.id).await.unwrap_err();
 
     assert_error(&status, Code::FailedPrecondition, "CUSTOMER_NOT_ACTIVE");
+}
+
+#[tokio::test]
+async fn max_results_defaults_to_ten_is_clamped_to_fifty_and_must_not_be_negative() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let me = client.create(ada()).await.unwrap();
+    for _ in 0..55 {
+        client.create(ada()).await.unwrap();
+    }
+    let find = |max_results: i32| {
+        let mut inner = client.inner.clone();
+        let request = client.request(pb::FindDuplicateCustomersRequest {
+            customer_id: me.id.clone(),
+            max_results,
+        });
+        async move { inner.find_duplicate_customers(request).await }
+    };
+
+    let counts = [
+        find(0).await.unwrap().into_inner().candidates.len(),
+        find(3).await.unwrap().into_inner().candidates.len(),
+        find(500).await.unwrap().into_inner().candidates.len(),
+    ];
+    let negative = find(-1).await.unwrap_err();
+
+    assert_eq!(counts, [10, 3, 50]);
+    assert_invalid(&negative, &["max_results"]);
 }
