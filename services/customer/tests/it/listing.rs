@@ -389,7 +389,11 @@ async fn a_state_filter_picks_states_and_without_show_deleted_matches_only_activ
     for (filter, show_deleted, expected) in [
         ("state = MERGED", true, vec![merged.id.clone()]),
         ("state = ERASED", true, vec![erased.id.clone()]),
-        ("state = CUSTOMER_STATE_ERASED", true, vec![erased.id.clone()]),
+        (
+            "state = CUSTOMER_STATE_ERASED",
+            true,
+            vec![erased.id.clone()],
+        ),
         (
             "state != ACTIVE",
             true,
