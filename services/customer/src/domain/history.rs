@@ -9,6 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crm_proto::crm::customer::v1 as pb;
 use serde_json::{Map, Value as Json, json};
 
+use super::patch::UPDATABLE_PATHS;
 use super::{Address, Attributes, ContactPoint, CustomerFields, timestamp_from_proto};
 
 /// One changed field: its path and its values before and after (`None`: the field was empty).
@@ -22,28 +23,14 @@ pub struct FieldChange {
     pub new_value: Option<Json>,
 }
 
-/// The fields diffed, in the order their changes are listed (attributes go per key, after tags).
-const PLAIN_PATHS: &[&str] = &[
-    "display_name",
-    "email",
-    "given_name",
-    "family_name",
-    "phone",
-    "company_name",
-    "lifecycle_stage",
-    "owner",
-    "tags",
-    "contact_points",
-    "addresses",
-    "source",
-];
-
-/// Every field that differs between `old` and `new`, one change per path.
+/// Every field that differs between `old` and `new`, one change per path, in the order of the
+/// update-mask paths (attributes one per key).
 pub fn diff(old: &CustomerFields, new: &CustomerFields) -> Vec<FieldChange> {
     let mut changes = Vec::new();
-    for path in PLAIN_PATHS {
-        if *path == "contact_points" {
+    for path in UPDATABLE_PATHS {
+        if *path == "attributes" {
             diff_attributes(&old.attributes, &new.attributes, &mut changes);
+            continue;
         }
         let (before, after) = (field_json(old, path), field_json(new, path));
         if before != after {
