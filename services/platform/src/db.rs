@@ -3,17 +3,39 @@
 //!
 //! A service's pool sets `search_path` to its schema, so sqlx's migration table
 //! (`_sqlx_migrations`) lands in that schema too: each service migrates independently.
+//!
+//! A schema gets two sets of migrations in one run: the platform's ([`PLATFORM_MIGRATOR`]: the
+//! tables every service has, such as request ids, versions from 1000001 on) and the service's
+//! own (versions from 1 on). One `_sqlx_migrations` table records both.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use secrecy::ExposeSecret;
-use sqlx::migrate::Migrator;
+use futures::future::BoxFuture;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 use crate::config::DatabaseConfig;
+
+/// The tables every service has, owned by the platform and created in each service's schema.
+pub static PLATFORM_MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The first version the platform's migrations may use; a service's own stay below it.
+pub const FIRST_PLATFORM_VERSION: i64 = 1_000_001;
+
+/// The platform's and a service's migrations as one source, so one run applies both in
+/// version order and one `_sqlx_migrations` table checks both.
+struct SchemaMigrations(Vec<Migration>);
+
+impl<'s> MigrationSource<'s> for SchemaMigrations {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async move { Ok(self.0) })
+    }
+}
 
 /// A service's database: its pool, schema and migrations.
 #[derive(Debug, Clone)]
@@ -60,38 +82,70 @@ impl Database {
         })
     }
 
-    /// Creates the schema if needed and applies pending migrations.
+    /// Creates the schema if needed and applies pending migrations: the platform's and the
+    /// service's, in version order.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema))
             .execute(&self.pool)
             .await
             .with_context(|| format!("creating schema {}", self.schema))?;
-        self.migrator
+        self.combined_migrator()
+            .await?
             .run(&self.pool)
             .await
             .with_context(|| format!("migrating schema {}", self.schema))?;
         Ok(())
     }
 
-    /// The newest migration this binary knows.
-    fn latest_migration(&self) -> i64 {
-        self.migrator.iter().map(|m| m.version).max().unwrap_or(0)
+    async fn combined_migrator(&self) -> anyhow::Result<Migrator> {
+        if let Some(clash) = self
+            .migrator
+            .iter()
+            .find(|m| m.version >= FIRST_PLATFORM_VERSION)
+        {
+            anyhow::bail!(
+                "migration {} of schema {} uses a version reserved for the platform \
+                 (from {FIRST_PLATFORM_VERSION} on)",
+                clash.version,
+                self.schema
+            );
+        }
+        let mut migrations: Vec<Migration> = PLATFORM_MIGRATOR
+            .iter()
+            .chain(self.migrator.iter())
+            .cloned()
+            .collect();
+        migrations.sort_by_key(|m| m.version);
+        Migrator::new(SchemaMigrations(migrations))
+            .await
+            .map_err(|err| anyhow::anyhow!("assembling the migrations of {}: {err}", self.schema))
     }
 
-    /// Whether the database answers and the schema is fully migrated.
+    /// Every migration version this binary applies to the schema.
+    fn known_versions(&self) -> Vec<i64> {
+        PLATFORM_MIGRATOR
+            .iter()
+            .chain(self.migrator.iter())
+            .map(|m| m.version)
+            .collect()
+    }
+
+    /// Whether the database answers and every migration this binary knows has been applied.
     pub async fn is_ready(&self) -> Result<bool, sqlx::Error> {
-        let applied: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT max(version) FROM {}._sqlx_migrations WHERE success",
+        let known = self.known_versions();
+        let applied: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {}._sqlx_migrations WHERE success AND version = ANY($1)",
             self.schema
         ))
+        .bind(&known)
         .fetch_one(&self.health_pool)
         .await
         .or_else(|err| match &err {
             // No migration table yet: reachable but not migrated.
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(None),
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(0),
             _ => Err(err),
         })?;
-        Ok(applied.unwrap_or(0) >= self.latest_migration())
+        Ok(applied == known.len() as i64)
     }
 
     /// Creates (or updates) the least-privilege role `crm_<schema>` that may use this schema
