@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use crm_platform::db::Database;
+use crm_platform::db::{Database, FIRST_PLATFORM_VERSION, PLATFORM_MIGRATOR};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use crate::support::{config, fresh_database, pool, within};
@@ -77,10 +77,32 @@ async fn a_fully_migrated_database_is_ready() {
     .fetch_all(&pool(&url).await)
     .await
     .unwrap();
+    let platform: Vec<i64> = PLATFORM_MIGRATOR.iter().map(|m| m.version).collect();
+    let expected: Vec<i64> = [1, 2].into_iter().chain(platform).collect();
     assert_eq!(
-        applied,
-        [1, 2],
-        "the migrations table lives in the service's schema"
+        applied, expected,
+        "one migrations table in the service's schema records the service's and the platform's"
+    );
+}
+
+#[tokio::test]
+async fn a_service_migration_in_the_platforms_version_range_is_refused() {
+    let url = fresh_database().await;
+    let clashing: &'static Migrator = Box::leak(Box::new(Migrator {
+        migrations: Cow::Owned(vec![migration(
+            FIRST_PLATFORM_VERSION,
+            "CREATE TABLE things (id bigint PRIMARY KEY)",
+        )]),
+        ..Migrator::DEFAULT
+    }));
+
+    let err = within(database(&url, clashing).migrate())
+        .await
+        .unwrap_err();
+
+    assert!(
+        err.to_string().contains("reserved for the platform"),
+        "{err:#}"
     );
 }
 
