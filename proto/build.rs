@@ -23,13 +23,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
 
-    let descriptors = protox::compile(&protos, [&root])?;
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(&protos)?;
+    let descriptors = compiler.file_descriptor_set();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out_dir.join("crm_descriptor.bin");
-    std::fs::write(
-        &descriptor_path,
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
+    // Encoded by protox, not prost: prost_types drops extension options, and servers read each
+    // method's scope from `(crm.common.v1.auth)` in this set (reflection shows them too).
+    std::fs::write(&descriptor_path, compiler.encode_file_descriptor_set())?;
 
     tonic_prost_build::configure()
         // Ordered maps make encoding deterministic: equal requests hash equally (request-id

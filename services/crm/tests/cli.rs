@@ -1,4 +1,5 @@
-//! The `crm` binary as a user runs it: configuration errors, serving, grpcurl, SIGTERM.
+//! The `crm` binary as a user runs it: configuration errors, serving, grpcurl, SIGTERM, and the
+//! deployments (Helm chart, kustomize) agreeing with the services it serves.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -24,6 +25,40 @@ fn grpcurl() -> PathBuf {
         "this test needs grpcurl: run scripts/test (it installs one) or set CRM_TEST_GRPCURL"
     );
     PathBuf::from(path)
+}
+
+/// helm as the deploy checks install it: CRM_TEST_HELM (set by scripts/test), the repo's
+/// `.local/tools/bin/helm`, or on PATH.
+fn helm() -> PathBuf {
+    let installed = repo_root().join(".local/tools/bin/helm");
+    let path = std::env::var_os("CRM_TEST_HELM")
+        .map(PathBuf::from)
+        .or_else(|| installed.exists().then_some(installed))
+        .unwrap_or_else(|| "helm".into());
+    let found = Command::new(&path).arg("version").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "this test needs helm 3: run scripts/test (it installs one) or set CRM_TEST_HELM"
+    );
+    path
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The services this build serves, as `crm serve --help` lists them to users.
+fn served_services() -> Vec<String> {
+    let output = crm().args(["serve", "--help"]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let help = String::from_utf8(output.stdout).unwrap();
+    let (_, listed) = help
+        .split_once("any of this build's: ")
+        .unwrap_or_else(|| panic!("`crm serve --help` lists no services:\n{help}"));
+    let listed = listed.lines().next().unwrap();
+    let mut names: Vec<String> = listed.split(", ").map(|s| s.trim().to_string()).collect();
+    names.sort();
+    names
 }
 
 fn admin_url() -> String {
@@ -67,6 +102,16 @@ impl Drop for Server {
     }
 }
 
+/// The customer service's method scopes, as its contract declares them.
+fn customer_scopes() -> crm_platform::auth::ContractScopes {
+    crm_platform::auth::ContractScopes::for_services(&[crm_customer::GRPC_SERVICE]).unwrap()
+}
+
+/// The server's policy for tokens signed with the test key.
+fn policy() -> crm_platform::auth::AuthPolicy {
+    crm_platform::auth::AuthPolicy::new(SECRET, "crm-suite", "crm-suite", customer_scopes())
+}
+
 fn run_grpcurl(args: &[&str]) -> Output {
     Command::new(grpcurl())
         .args(args)
@@ -93,13 +138,10 @@ fn token_prints_a_jwt_on_its_last_line_that_the_server_accepts_for_every_custome
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8(output.stdout).unwrap();
     let token = stdout.lines().last().unwrap();
-    let policy = crm_platform::auth::AuthPolicy::new(
-        SECRET,
-        "crm-suite",
-        "crm-suite",
-        &[crm_customer::SCOPES],
-    );
-    for (method, _) in crm_customer::SCOPES {
+    let policy = policy();
+    let methods = customer_scopes();
+    assert_eq!(methods.len(), 24);
+    for (method, _) in methods.methods() {
         let principal = policy
             .authorize(method, Some(&format!("Bearer {token}")))
             .unwrap_or_else(|status| panic!("{method}: {status:?}"))
@@ -118,12 +160,7 @@ fn token_with_named_scopes_grants_only_those() {
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8(output.stdout).unwrap();
     let header = format!("Bearer {}", stdout.lines().last().unwrap());
-    let policy = crm_platform::auth::AuthPolicy::new(
-        SECRET,
-        "crm-suite",
-        "crm-suite",
-        &[crm_customer::SCOPES],
-    );
+    let policy = policy();
     let read = policy.authorize(
         "/crm.customer.v1.CustomerService/GetCustomer",
         Some(&header),
@@ -138,12 +175,7 @@ fn token_with_named_scopes_grants_only_those() {
 
 #[test]
 fn token_with_service_names_a_service_principal_and_without_it_a_user() {
-    let policy = crm_platform::auth::AuthPolicy::new(
-        SECRET,
-        "crm-suite",
-        "crm-suite",
-        &[crm_customer::SCOPES],
-    );
+    let policy = policy();
     let kind_of = |args: &[&str]| {
         let output = crm().args(args).output().unwrap();
         assert!(output.status.success(), "{output:?}");
@@ -267,4 +299,178 @@ fn grpcurl_can_list_call_and_the_server_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "clean exit after SIGTERM, got {status}");
+}
+
+#[test]
+fn serve_help_lists_the_services_this_build_serves() {
+    let served = served_services();
+
+    assert_eq!(served, ["customer"]);
+}
+
+#[test]
+fn serving_a_service_this_build_does_not_serve_fails_listing_what_it_serves() {
+    let output = crm()
+        .args(["serve", "sales"])
+        .env(
+            "CRM__SERVER__LISTEN_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("CRM__TELEMETRY__METRICS_ADDR", "")
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("\"sales\""), "{stderr}");
+    for name in served_services() {
+        assert!(stderr.contains(&name), "{name} missing from: {stderr}");
+    }
+}
+
+#[test]
+fn token_grants_by_default_every_scope_the_served_methods_declare() {
+    let output = crm().arg("token").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).unwrap();
+    let header = format!("Bearer {}", token.lines().last().unwrap());
+
+    let principal = policy()
+        .authorize(
+            "/crm.customer.v1.CustomerService/GetCustomer",
+            Some(&header),
+        )
+        .unwrap()
+        .unwrap();
+
+    let granted: Vec<&str> = principal.scopes.iter().map(String::as_str).collect();
+    assert_eq!(
+        granted,
+        ["customer.gdpr", "customer.read", "customer.write"]
+    );
+}
+
+/// The `crm serve <name>` arguments of the Deployments in a rendered manifest stream (the chart
+/// writes container args as a JSON list).
+fn served_by_deployments(manifests: &str) -> Vec<String> {
+    let mut names: Vec<String> = manifests
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("args: "))
+        .filter_map(|args| serde_json::from_str::<Vec<String>>(args).ok())
+        .filter(|args| args.first().is_some_and(|a| a == "serve"))
+        .flat_map(|args| args.into_iter().skip(1))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_charts_default_install_deploys_exactly_the_services_the_binary_serves() {
+    let scratch = std::env::temp_dir().join(format!("crm-cli-helm-{}", std::process::id()));
+    let output = Command::new(helm())
+        .args(["template", "crm"])
+        .arg(repo_root().join("helm/crm"))
+        .env("HELM_CACHE_HOME", scratch.join("cache"))
+        .env("HELM_CONFIG_HOME", scratch.join("config"))
+        .env("HELM_DATA_HOME", scratch.join("data"))
+        .output()
+        .expect("running helm template");
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let deployed = served_by_deployments(&String::from_utf8(output.stdout).unwrap());
+
+    assert_eq!(
+        deployed,
+        served_services(),
+        "helm/crm/values.yaml `services.<name>.enabled` must be true exactly for the services \
+         `crm serve --help` lists"
+    );
+}
+
+#[test]
+fn the_prod_overlay_deploys_exactly_the_services_the_binary_serves() {
+    let overlay = repo_root().join("k8s/overlays/prod");
+    let kustomization = std::fs::read_to_string(overlay.join("kustomization.yaml")).unwrap();
+    let components: Vec<&str> = kustomization
+        .lines()
+        .skip_while(|line| line.trim_end() != "resources:")
+        .skip(1)
+        .map_while(|line| line.strip_prefix("  - "))
+        .filter(|resource| !resource.starts_with(".."))
+        .collect();
+
+    let mut deployed = Vec::new();
+    for component in components {
+        let file = std::fs::read_to_string(overlay.join(component).join("kustomization.yaml"))
+            .unwrap_or_else(|e| panic!("k8s/overlays/prod/{component}: {e}"));
+        let args = file
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("args: [serve, "))
+            .unwrap_or_else(|| panic!("k8s/overlays/prod/{component} runs no `crm serve`"));
+        deployed.push(args.trim_end_matches(']').to_string());
+    }
+    deployed.sort();
+
+    assert_eq!(
+        deployed,
+        served_services(),
+        "k8s/overlays/prod resources must be exactly the services `crm serve --help` lists"
+    );
+}
+
+#[test]
+fn grpcurl_describe_shows_each_methods_scope() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let admin = admin_url();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    // Reflection needs no database: the pool is lazy, so a database that does not exist keeps
+    // the server NOT_SERVING but answering reflection, and leaves nothing to clean up.
+    let server = Server(
+        crm()
+            .args(["serve", "all"])
+            .env("DATABASE_URL", format!("{base}/crm_test_cli_absent"))
+            .env("CRM__SERVER__LISTEN_ADDR", &addr)
+            .env("CRM__TELEMETRY__METRICS_ADDR", "")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !run_grpcurl(&["-plaintext", &addr, "list"]).status.success() {
+        assert!(Instant::now() < deadline, "the server never answered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let described = run_grpcurl(&[
+        "-plaintext",
+        &addr,
+        "describe",
+        "crm.customer.v1.CustomerService",
+    ]);
+    let method = run_grpcurl(&[
+        "-plaintext",
+        &addr,
+        "describe",
+        "crm.customer.v1.CustomerService.EraseCustomer",
+    ]);
+    drop(server);
+
+    let described = String::from_utf8_lossy(&described.stdout);
+    let method = String::from_utf8_lossy(&method.stdout);
+    let options: Vec<&str> = described
+        .lines()
+        .filter(|line| line.contains("crm.common.v1.auth"))
+        .collect();
+    assert_eq!(options.len(), customer_scopes().len(), "{described}");
+    assert!(
+        method.contains("crm.common.v1.auth") && method.contains("\"customer.gdpr\""),
+        "{method}"
+    );
 }

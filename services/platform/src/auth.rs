@@ -2,10 +2,17 @@
 //!
 //! Tokens are HS256 JWTs with `sub`, `iss`, `aud`, `exp` and a space-separated `scope` claim (as
 //! in OAuth 2.0), and optionally `principal_kind: "service"` for callers that are services rather
-//! than people. Each service declares the scope every one of its methods needs; health and
-//! reflection stay open so probes and `grpcurl list` work without a token.
+//! than people. Each method's scope is declared in its contract (the `(crm.common.v1.auth)`
+//! option, read by [`ContractScopes`]); health and reflection stay open so probes and
+//! `grpcurl list` work without a token.
 
-use std::collections::{BTreeSet, HashMap};
+mod contract;
+
+pub use contract::{
+    AUTH_OPTION_FIELD, ContractScopes, SCOPE_CHECKED_IN_HANDLER, ScopeError, contract_services,
+};
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +20,8 @@ use crm_proto::crm::common::v1::{Principal as CommonPrincipal, PrincipalKind};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
+
+use crate::error::ApiError;
 
 /// Path prefixes served without a token.
 const OPEN_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
@@ -86,16 +95,12 @@ impl Principal {
     }
 }
 
-/// The method → scope table of one service, e.g.
-/// `("/crm.customer.v1.CustomerService/GetCustomer", "customer.read")`.
-pub type MethodScopes = &'static [(&'static str, &'static str)];
-
 /// Verifies tokens and decides whether a call may proceed.
 #[derive(Clone)]
 pub struct AuthPolicy {
     key: Arc<DecodingKey>,
     validation: Arc<Validation>,
-    scopes: Arc<HashMap<&'static str, &'static str>>,
+    scopes: Arc<ContractScopes>,
 }
 
 impl std::fmt::Debug for AuthPolicy {
@@ -107,8 +112,8 @@ impl std::fmt::Debug for AuthPolicy {
 }
 
 impl AuthPolicy {
-    /// A policy for the given secret, issuer, audience and the served services' method tables.
-    pub fn new(secret: &str, issuer: &str, audience: &str, tables: &[MethodScopes]) -> Self {
+    /// A policy for the given secret, issuer, audience and the served methods' scopes.
+    pub fn new(secret: &str, issuer: &str, audience: &str, scopes: ContractScopes) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
@@ -117,7 +122,6 @@ impl AuthPolicy {
         // the leeway covers clock skew for `nbf` as for `exp`.
         validation.validate_nbf = true;
         validation.leeway = 30;
-        let scopes = tables.iter().flat_map(|t| t.iter().copied()).collect();
         Self {
             key: Arc::new(DecodingKey::from_secret(secret.as_bytes())),
             validation: Arc::new(validation),
@@ -133,8 +137,9 @@ impl AuthPolicy {
     /// Checks the `authorization` header value for a call to `path`.
     ///
     /// Returns `Ok(None)` for open methods, the principal when the token is valid and grants
-    /// the method's scope, and UNAUTHENTICATED / PERMISSION_DENIED otherwise (also for a
-    /// method missing from every scope table).
+    /// the method's scope (or, for a service in [`SCOPE_CHECKED_IN_HANDLER`], when the token is
+    /// valid), and UNAUTHENTICATED / PERMISSION_DENIED otherwise (also for a method that is not
+    /// one of the served ones).
     pub fn authorize(
         &self,
         path: &str,
@@ -183,19 +188,54 @@ impl AuthPolicy {
                 .map(str::to_string)
                 .collect(),
         };
-        // A method no table names is refused: forgetting to declare a new method's scope must
-        // close it, not open it to every authenticated caller.
-        let Some(required) = self.scopes.get(path) else {
+        if is_scope_checked_in_handler(path) {
+            return Ok(Some(principal));
+        }
+        // A method without a known scope is refused: a route added outside the served
+        // contracts must be closed, not open to every authenticated caller.
+        let Some(required) = self.scopes.scope_of(path) else {
             return Err(Status::permission_denied(format!(
                 "the method {path} is not open to any scope"
             )));
         };
-        if !principal.scopes.contains(*required) {
+        if !principal.scopes.contains(required) {
             return Err(Status::permission_denied(format!(
                 "this method needs the scope `{required}`"
             )));
         }
         Ok(Some(principal))
+    }
+}
+
+/// Whether `path` (`/package.Service/Method`) belongs to a service whose handler checks scopes.
+fn is_scope_checked_in_handler(path: &str) -> bool {
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    SCOPE_CHECKED_IN_HANDLER.contains(&service)
+}
+
+/// Checks, inside a handler, that the call's authenticated caller holds `scope`; for the
+/// services in [`SCOPE_CHECKED_IN_HANDLER`], whose scope depends on the resource named (e.g. an
+/// operation checks `<service>.read` of the service that owns it). Returns the caller.
+///
+/// UNAUTHENTICATED when the request carries no principal (the auth layer did not run, or the
+/// method is open); PERMISSION_DENIED naming `scope` when the token lacks it.
+pub fn require_scope<'r, T>(
+    request: &'r tonic::Request<T>,
+    scope: &str,
+) -> Result<&'r Principal, ApiError> {
+    let principal =
+        request
+            .extensions()
+            .get::<Principal>()
+            .ok_or_else(|| ApiError::Unauthenticated {
+                message: "missing bearer token: send `authorization: Bearer <token>`".to_string(),
+            })?;
+    if principal.scopes.contains(scope) {
+        Ok(principal)
+    } else {
+        Err(ApiError::PermissionDenied {
+            message: format!("this method needs the scope `{scope}`"),
+        })
     }
 }
 
@@ -261,10 +301,10 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
     const PATH: &str = "/crm.customer.v1.CustomerService/GetCustomer";
-    const TABLE: MethodScopes = &[(PATH, "customer.read")];
 
     fn policy() -> AuthPolicy {
-        AuthPolicy::new(SECRET, "crm-suite", "crm-suite", &[TABLE])
+        let scopes = ContractScopes::for_services(&["crm.customer.v1.CustomerService"]).unwrap();
+        AuthPolicy::new(SECRET, "crm-suite", "crm-suite", scopes)
     }
 
     fn now() -> u64 {
@@ -497,8 +537,8 @@ mod tests {
     }
 
     #[test]
-    fn a_method_missing_from_the_scope_table_is_permission_denied() {
-        let method = "/crm.customer.v1.CustomerService/NotInTheTable";
+    fn a_method_that_is_not_served_is_permission_denied() {
+        let method = "/crm.customer.v1.CustomerService/NotInTheContract";
         let header = bearer(
             &["customer.read", "customer.write"],
             Duration::from_secs(60),
@@ -558,5 +598,59 @@ mod tests {
         for path in open {
             assert_eq!(policy().authorize(path, None).unwrap(), None, "{path}");
         }
+    }
+
+    #[test]
+    fn an_operations_call_needs_a_valid_token_but_no_fixed_scope() {
+        let path = "/google.longrunning.Operations/GetOperation";
+        let header = bearer(&[], Duration::from_secs(60));
+
+        let anonymous = policy().authorize(path, None).unwrap_err();
+        let principal = policy().authorize(path, Some(&header)).unwrap().unwrap();
+
+        assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+        assert_eq!(principal.subject, "tester");
+    }
+
+    fn request_of(principal: Option<Principal>) -> tonic::Request<()> {
+        let mut request = tonic::Request::new(());
+        if let Some(principal) = principal {
+            request.extensions_mut().insert(principal);
+        }
+        request
+    }
+
+    fn principal_with(scopes: &[&str]) -> Principal {
+        Principal {
+            subject: "tester".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            kind: PrincipalKind::User,
+        }
+    }
+
+    #[test]
+    fn require_scope_returns_the_caller_holding_the_scope() {
+        let request = request_of(Some(principal_with(&["customer.read"])));
+
+        let principal = require_scope(&request, "customer.read").unwrap();
+
+        assert_eq!(principal.subject, "tester");
+    }
+
+    #[test]
+    fn require_scope_refuses_a_caller_lacking_the_scope_naming_it() {
+        let request = request_of(Some(principal_with(&["customer.read"])));
+
+        let status = Status::from(require_scope(&request, "customer.write").unwrap_err());
+
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("customer.write"), "{status:?}");
+    }
+
+    #[test]
+    fn require_scope_without_a_caller_is_unauthenticated() {
+        let status = Status::from(require_scope(&request_of(None), "customer.read").unwrap_err());
+
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
     }
 }

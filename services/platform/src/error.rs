@@ -155,6 +155,18 @@ pub enum ApiError {
         /// For a person: what is missing.
         message: String,
     },
+    /// The call carries no valid credentials.
+    #[error("{message}")]
+    Unauthenticated {
+        /// For a person: what is missing or wrong.
+        message: String,
+    },
+    /// The caller is known but may not do this (e.g. its token lacks a scope).
+    #[error("{message}")]
+    PermissionDenied {
+        /// For a person: which permission is missing.
+        message: String,
+    },
     /// A dependency (the database) is unreachable; retrying later may succeed.
     #[error("service unavailable: {0}")]
     Unavailable(#[source] anyhow::Error),
@@ -207,6 +219,12 @@ impl ApiError {
                 Self::Unimplemented { message } => Self::Unimplemented {
                     message: message.clone(),
                 },
+                Self::Unauthenticated { message } => Self::Unauthenticated {
+                    message: message.clone(),
+                },
+                Self::PermissionDenied { message } => Self::PermissionDenied {
+                    message: message.clone(),
+                },
                 Self::Unavailable(cause) => Self::Unavailable(anyhow::anyhow!("{cause:#}")),
                 Self::Internal(cause) => Self::Internal(anyhow::anyhow!("{cause:#}")),
             },
@@ -223,6 +241,8 @@ impl ApiError {
             Self::FailedPrecondition { .. } => Code::FailedPrecondition,
             Self::OutOfRange { .. } => Code::OutOfRange,
             Self::Unimplemented { .. } => Code::Unimplemented,
+            Self::Unauthenticated { .. } => Code::Unauthenticated,
+            Self::PermissionDenied { .. } => Code::PermissionDenied,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
@@ -260,7 +280,9 @@ impl From<ApiError> for Status {
             | ApiError::OutOfRange { reason, message } => {
                 Status::with_error_details(code, message, error_info(reason, HashMap::new()))
             }
-            ApiError::Unimplemented { message } => Status::new(code, message),
+            ApiError::Unimplemented { message }
+            | ApiError::Unauthenticated { message }
+            | ApiError::PermissionDenied { message } => Status::new(code, message),
             ApiError::Unavailable(cause) => {
                 tracing::warn!(
                     error = format!("{cause:#}"),

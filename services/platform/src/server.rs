@@ -13,7 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::auth::{AuthPolicy, MethodScopes};
+use crate::auth::{AuthPolicy, ContractScopes};
 use crate::config::Config;
 use crate::db::Database;
 use crate::middleware::{AuthLayer, DeadlineLayer, ObservabilityLayer, RunToCompletionLayer};
@@ -55,10 +55,9 @@ impl ServiceContext {
 pub struct ServiceModule {
     /// Short name, e.g. `customer`.
     pub name: &'static str,
-    /// Fully qualified gRPC service name, used as its health-check name.
+    /// Fully qualified gRPC service name, used as its health-check name. Each of its methods
+    /// needs the scope its contract declares (`(crm.common.v1.auth)`).
     pub grpc_service: &'static str,
-    /// The scope each method needs.
-    pub scopes: MethodScopes,
     /// The service's database, checked for readiness.
     pub database: Database,
     /// Adds the service's gRPC routes.
@@ -86,6 +85,10 @@ pub struct DrainCut {
 /// Serves `modules` on `listener` until `shutdown` is cancelled, then drains in-flight calls
 /// for at most `server.shutdown_grace_secs`. Returns `Ok` once every call has finished, or a
 /// [`DrainCut`] error when the bound ran out first.
+///
+/// Refuses to start (an error naming the service or method, before anything is served) when a
+/// module's service is not in the contracts' descriptor set or one of its methods declares no
+/// scope.
 pub async fn serve(
     config: &Config,
     modules: Vec<ServiceModule>,
@@ -99,12 +102,13 @@ pub async fn serve(
              CRM__AUTH__JWT_SECRET outside a laptop."
         );
     }
-    let tables: Vec<MethodScopes> = modules.iter().map(|m| m.scopes).collect();
+    let services: Vec<&str> = modules.iter().map(|m| m.grpc_service).collect();
+    let scopes = ContractScopes::for_services(&services).context("refusing to serve")?;
     let policy = AuthPolicy::new(
         jwt_secret,
         &config.auth.issuer,
         &config.auth.audience,
-        &tables,
+        scopes,
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
