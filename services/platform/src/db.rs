@@ -29,6 +29,7 @@ pub const FIRST_PLATFORM_VERSION: i64 = 1_000_001;
 
 /// The platform's and a service's migrations as one source, so one run applies both in
 /// version order and one `_sqlx_migrations` table checks both.
+#[derive(Debug)]
 struct SchemaMigrations(Vec<Migration>);
 
 impl<'s> MigrationSource<'s> for SchemaMigrations {
