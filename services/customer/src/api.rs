@@ -32,7 +32,6 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::SCHEMA;
 use crate::domain::{CUSTOMER_STATES, LIFECYCLE_STAGES, PRINCIPAL_KIND, Principal};
 use crate::error::{Error, Result};
 use crate::store::{self, ChangeRecord, CustomerRow};
@@ -538,7 +537,7 @@ pub(crate) fn spawn_housekeeping(db: PgPool, shutdown: tokio_util::sync::Cancell
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             }
-            match idempotency::purge_expired(&db, SCHEMA).await {
+            match idempotency::purge_expired(&db).await {
                 Ok(n) if n > 0 => tracing::info!(purged = n, "expired request ids deleted"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "purging request ids failed"),
