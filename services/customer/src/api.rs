@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use crm_platform::cache::{Cache, Entry};
+use crm_platform::cache::{Cache, Keyspace, Versioned};
 use crm_platform::filter::{self, EnumDef, FieldType, FilterSchema};
 use crm_platform::idempotency;
 use crm_platform::page_token::PageTokenCodec;
@@ -26,18 +26,19 @@ use crm_proto::crm::customer::v1 as pb;
 use crm_proto::crm::customer::v1::customer_service_server::CustomerService;
 use crm_proto::google::longrunning::Operation;
 use futures::Stream;
-use prost::Message;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::SCHEMA;
 use crate::domain::{CUSTOMER_STATES, LIFECYCLE_STAGES, PRINCIPAL_KIND, Principal};
 use crate::error::{Error, Result};
 use crate::store::{self, ChangeRecord, CustomerRow};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Customers by id, as stored (not following merges), with their row version.
+const CUSTOMERS: Keyspace<pb::Customer> = Keyspace::new("customer");
 
 /// How many merged ids GetCustomer follows before giving up (merges never form cycles, but a
 /// bound keeps a bug from looping).
@@ -164,10 +165,6 @@ impl CustomerApi {
         }
     }
 
-    fn cache_key(&self, id: Uuid) -> String {
-        self.cache.key("customer", &id.to_string())
-    }
-
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
         Ok(self.db.begin().await?)
     }
@@ -175,28 +172,21 @@ impl CustomerApi {
     /// A customer through the cache, as stored (not following merges).
     async fn get_stored(&self, id: Uuid) -> Result<pb::Customer> {
         let db = self.db.clone();
-        let entry = self
+        let customer = self
             .cache
-            .get_or_load(&self.cache_key(id), || {
+            .get_or_load(&CUSTOMERS.key(id), || {
                 let db = db.clone();
                 async move {
-                    let mut conn = db.acquire().await.map_err(ApiError::from)?;
+                    let mut conn = db.acquire().await?;
                     match store::load(&mut conn, id).await {
-                        Ok(Some((version, customer))) => Ok(Entry {
-                            version,
-                            bytes: customer.encode_to_vec().into(),
-                        }),
+                        Ok(Some((version, value))) => Ok(Versioned { version, value }),
                         Ok(None) => Err(ApiError::not_found("customer", id.to_string())),
                         Err(err) => Err(ApiError::from(err)),
                     }
                 }
             })
             .await?;
-        pb::Customer::decode(entry.bytes).map_err(|e| {
-            Error::Api(ApiError::Internal(anyhow::anyhow!(
-                "corrupt cache entry: {e}"
-            )))
-        })
+        Ok(customer)
     }
 
     /// A customer, following merged ids to the survivor.
@@ -246,15 +236,11 @@ impl CustomerApi {
         tx.commit().await?;
         self.committed.notify_one();
         for (customer, write) in customers.iter().zip(writes) {
-            let key = self.cache_key(write.row.id);
-            let entry = Entry {
-                version: write.row.version,
-                bytes: customer.encode_to_vec().into(),
-            };
+            let (key, version) = (CUSTOMERS.key(write.row.id), write.row.version);
             if write.change == ChangeType::Created {
-                self.cache.put_new(&key, entry).await;
+                self.cache.put_new(&key, version, customer).await;
             } else {
-                self.cache.put(&key, entry).await;
+                self.cache.put(&key, version, customer).await;
             }
         }
         Ok(customers)
@@ -538,7 +524,7 @@ pub(crate) fn spawn_housekeeping(db: PgPool, shutdown: tokio_util::sync::Cancell
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             }
-            match idempotency::purge_expired(&db, SCHEMA).await {
+            match idempotency::purge_expired(&db).await {
                 Ok(n) if n > 0 => tracing::info!(purged = n, "expired request ids deleted"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "purging request ids failed"),

@@ -1,5 +1,17 @@
 //! Read-through cache: an in-process tier in front of Redis, in front of PostgreSQL.
 //!
+//! Values are typed: a [`Keyspace`] names a kind of value and fixes its protobuf type (as
+//! svix's `kv_def!`), so [`Cache::get_or_load`] returns that type and [`Cache::put`] takes it;
+//! the encoding for Redis is done here, once. A service declares one keyspace per resource:
+//!
+//! ```ignore
+//! const CUSTOMERS: Keyspace<pb::Customer> = Keyspace::new("customer");
+//! let customer = cache.get_or_load(&CUSTOMERS.key(id), || load(id)).await?;
+//! cache.put(&CUSTOMERS.key(id), row.version, &customer).await;
+//! ```
+//!
+//! Coherence:
+//!
 //! - Entries carry the row's version. Redis is only ever written through a script that keeps the
 //!   newer version, so a reader that loaded an old row cannot overwrite a writer's newer entry.
 //! - A miss on the in-process tier is single-flight: concurrent callers for one key share one
@@ -20,13 +32,17 @@
 //!   (`crm_cache_requests_total{tier="redis",result="error"}`) and the value comes from
 //!   PostgreSQL.
 
+use std::any::Any;
+use std::fmt::Display;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use prost::Message;
 use rand::Rng;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -50,22 +66,68 @@ redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-/// A cached value: the encoded resource and the version of the row it was read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The row's version; higher is newer.
+/// A kind of cached value: the segment its keys carry (`<redis.key_prefix>:<service>:<kind>:<id>`)
+/// and the protobuf type stored under them. Declare one per resource, as a `const`, so a key can
+/// only ever be read back as the type it was written with.
+pub struct Keyspace<M> {
+    kind: &'static str,
+    value: PhantomData<fn() -> M>,
+}
+
+impl<M> Keyspace<M> {
+    /// The keyspace `kind`, e.g. `customer`; unique within a service.
+    pub const fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            value: PhantomData,
+        }
+    }
+
+    /// The key of the value with this `id`.
+    pub fn key(&self, id: impl Display) -> Key<M> {
+        Key {
+            path: format!("{}:{id}", self.kind),
+            value: PhantomData,
+        }
+    }
+}
+
+/// The key of one cached value of type `M`, made by [`Keyspace::key`].
+pub struct Key<M> {
+    /// `<kind>:<id>`; the cache puts its namespace in front.
+    path: String,
+    value: PhantomData<fn() -> M>,
+}
+
+impl<M> std::fmt::Debug for Key<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Key").field(&self.path).finish()
+    }
+}
+
+/// A value as loaded from its row, with the row's version (higher is newer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<M> {
+    /// The row's version.
     pub version: i64,
-    /// The encoded value.
-    pub bytes: Bytes,
+    /// The value.
+    pub value: M,
+}
+
+/// What a cached value must be: a protobuf message (Redis holds its encoding) that the
+/// in-process tier can hand out copies of.
+pub trait CacheValue: Message + Default + Clone + Send + Sync + 'static {}
+
+impl<M: Message + Default + Clone + Send + Sync + 'static> CacheValue for M {}
+
+/// A value as Redis holds it: `<version>:<encoded value>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    version: i64,
+    bytes: Bytes,
 }
 
 impl Entry {
-    fn to_redis(&self) -> Vec<u8> {
-        let mut out = format!("{}:", self.version).into_bytes();
-        out.extend_from_slice(&self.bytes);
-        out
-    }
-
     fn from_redis(raw: &[u8]) -> Option<Self> {
         let colon = raw.iter().position(|b| *b == b':')?;
         let version = std::str::from_utf8(&raw[..colon]).ok()?.parse().ok()?;
@@ -73,6 +135,27 @@ impl Entry {
             version,
             bytes: Bytes::copy_from_slice(&raw[colon + 1..]),
         })
+    }
+}
+
+/// A value in the in-process tier: decoded once, so a hit costs a clone rather than a decode.
+/// Values of every keyspace share the tier; the key's type says which type to take back out.
+#[derive(Clone)]
+struct LocalEntry {
+    version: i64,
+    value: Arc<dyn Any + Send + Sync>,
+}
+
+impl LocalEntry {
+    fn new<M: CacheValue>(version: i64, value: M) -> Self {
+        Self {
+            version,
+            value: Arc::new(value),
+        }
+    }
+
+    fn value<M: CacheValue>(&self) -> Option<M> {
+        self.value.downcast_ref::<M>().cloned()
     }
 }
 
@@ -92,7 +175,7 @@ impl std::fmt::Debug for Cache {
 
 struct Inner {
     namespace: String,
-    local: Option<moka::future::Cache<String, Entry>>,
+    local: Option<moka::future::Cache<String, LocalEntry>>,
     /// The newest version announced per key by invalidations, kept a little longer than a load
     /// can take, so a load that raced with a write cannot leave an older entry behind.
     announced: moka::sync::Cache<String, i64>,
@@ -112,6 +195,28 @@ struct RedisTier {
     timeout: Duration,
     script: Script,
     channel: String,
+}
+
+/// Puts `entry` in the in-process tier unless it holds the same or a newer version: two
+/// writers' puts can arrive out of commit order, and the later-arriving older one must not
+/// replace the newer entry (as the Redis script ensures there).
+async fn keep_newer_locally(
+    local: &moka::future::Cache<String, LocalEntry>,
+    key: &str,
+    entry: LocalEntry,
+) {
+    local
+        .entry_by_ref(key)
+        .and_compute_with(|current| {
+            let op = match current {
+                Some(current) if current.value().version >= entry.version => {
+                    moka::ops::compute::Op::Nop
+                }
+                _ => moka::ops::compute::Op::Put(entry.clone()),
+            };
+            std::future::ready(op)
+        })
+        .await;
 }
 
 /// Counts one cache look-up outcome.
@@ -229,10 +334,10 @@ impl Cache {
         })
     }
 
-    /// The full key for `id` of `kind`, e.g. `crm:customer:customer:<id>` (`redis.key_prefix`,
-    /// then the service).
-    pub fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}:{kind}:{id}", self.inner.namespace)
+    /// The Redis key of `key`, e.g. `crm:customer:customer:<id>` (`redis.key_prefix`, the
+    /// service, the keyspace, the id): what to look for with `redis-cli`.
+    pub fn redis_key<M>(&self, key: &Key<M>) -> String {
+        format!("{}:{}", self.inner.namespace, key.path)
     }
 
     /// Whether the in-process tier is in use right now.
@@ -250,33 +355,42 @@ impl Cache {
         Duration::from_millis(ttl_ms - cut)
     }
 
-    /// The entry for `key`: from the in-process tier, else Redis, else `load` (PostgreSQL),
-    /// filling the tiers on the way back. Errors come only from `load`.
-    pub async fn get_or_load<F, Fut>(&self, key: &str, load: F) -> Result<Entry, ApiError>
+    /// The value of `key`: from the in-process tier, else Redis, else `load` (PostgreSQL, with
+    /// the row's version), filling the tiers on the way back. Errors come only from `load`.
+    pub async fn get_or_load<M, F, Fut>(&self, key: &Key<M>, load: F) -> Result<M, ApiError>
     where
+        M: CacheValue,
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<Entry, ApiError>>,
+        Fut: Future<Output = Result<Versioned<M>, ApiError>>,
     {
+        let key = self.redis_key(key);
         let Some(local) = self.inner.local.as_ref().filter(|_| self.local_tier_live()) else {
-            return self.load_through_redis(key, &load).await;
+            return Ok(self.load_through_redis(&key, &load).await?.value);
         };
-        if let Some(entry) = local.get(key).await {
+        if let Some(value) = local.get(&key).await.and_then(|e| e.value::<M>()) {
             count("local", "hit");
-            return Ok(entry);
+            return Ok(value);
         }
         count("local", "miss");
         // moka coalesces concurrent loads of one key into one; the others wait for it.
         let loaded = local
-            .try_get_with_by_ref(key, self.load_through_redis(key, &load))
+            .try_get_with_by_ref(&key, async {
+                let loaded = self.load_through_redis(&key, &load).await?;
+                Ok::<_, ApiError>(LocalEntry::new(loaded.version, loaded.value))
+            })
             .await;
         match loaded {
-            Ok(entry) if self.announced_newer(key, entry.version) => {
+            Ok(entry) if !self.announced_newer(&key, entry.version) => match entry.value::<M>() {
+                Some(value) => Ok(value),
+                // Only a keyspace reused with another type gets here: skip the tier.
+                None => Ok(self.load_through_redis(&key, &load).await?.value),
+            },
+            Ok(_) => {
                 // A write committed while this load was in flight: drop what was loaded and read
                 // again, past the in-process tier.
-                local.invalidate(key).await;
-                self.load_through_redis(key, &load).await
+                local.invalidate(&key).await;
+                Ok(self.load_through_redis(&key, &load).await?.value)
             }
-            Ok(entry) => Ok(entry),
             Err(shared) => Err(ApiError::from_shared(shared)),
         }
     }
@@ -288,29 +402,55 @@ impl Cache {
             .is_some_and(|announced| announced > version)
     }
 
-    async fn load_through_redis<F, Fut, E>(&self, key: &str, load: &F) -> Result<Entry, E>
+    async fn load_through_redis<M, F, Fut>(
+        &self,
+        key: &str,
+        load: &F,
+    ) -> Result<Versioned<M>, ApiError>
     where
+        M: CacheValue,
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<Entry, E>>,
+        Fut: Future<Output = Result<Versioned<M>, ApiError>>,
     {
-        if let Some(redis) = &self.inner.redis {
-            let owned_key = key.to_string();
-            let cached = redis
-                .run(|mut conn| async move { conn.get::<_, Option<Vec<u8>>>(owned_key).await })
-                .await;
-            if let Some(raw) = cached {
-                match raw.as_deref().and_then(Entry::from_redis) {
-                    Some(entry) => {
-                        count("redis", "hit");
-                        return Ok(entry);
-                    }
-                    None => count("redis", "miss"),
-                }
+        if let Some(cached) = self.read_redis(key).await {
+            return Ok(cached);
+        }
+        let loaded = load().await?;
+        let entry = Entry {
+            version: loaded.version,
+            bytes: loaded.value.encode_to_vec().into(),
+        };
+        self.store_in_redis(key, &entry).await;
+        Ok(loaded)
+    }
+
+    /// The value Redis holds for `key`, if any and if it decodes as an `M`.
+    async fn read_redis<M: CacheValue>(&self, key: &str) -> Option<Versioned<M>> {
+        let redis = self.inner.redis.as_ref()?;
+        let owned_key = key.to_string();
+        let raw = redis
+            .run(|mut conn| async move { conn.get::<_, Option<Vec<u8>>>(owned_key).await })
+            .await?;
+        let Some(entry) = raw.as_deref().and_then(Entry::from_redis) else {
+            count("redis", "miss");
+            return None;
+        };
+        match M::decode(entry.bytes) {
+            Ok(value) => {
+                count("redis", "hit");
+                Some(Versioned {
+                    version: entry.version,
+                    value,
+                })
+            }
+            Err(err) => {
+                // Written by a build with another type for this keyspace. It stays until its
+                // TTL: replacing it with an equal version would break the version ordering.
+                count("redis", "miss");
+                tracing::warn!(key, error = %err, "undecodable cache entry; loading the row");
+                None
             }
         }
-        let entry = load().await?;
-        self.store_in_redis(key, &entry).await;
-        Ok(entry)
     }
 
     async fn store_in_redis(&self, key: &str, entry: &Entry) {
@@ -318,8 +458,7 @@ impl Cache {
             return;
         };
         let ttl_ms = self.ttl_with_jitter().as_millis() as u64;
-        let value = entry.to_redis();
-        let payload = value[value.iter().position(|b| *b == b':').unwrap_or(0) + 1..].to_vec();
+        let payload = entry.bytes.to_vec();
         let version = entry.version;
         let script = &redis.script;
         let owned_key = key.to_string();
@@ -337,18 +476,17 @@ impl Cache {
     }
 
     /// Publishes a committed write: call after the transaction commits, with the row's new
-    /// version. Never fails; a Redis outage is logged and counted.
-    pub async fn put(&self, key: &str, entry: Entry) {
-        self.note_announced(key, entry.version);
-        self.keep_newer_locally(key, &entry).await;
-        self.store_in_redis(key, &entry).await;
+    /// version and value. Never fails; a Redis outage is logged and counted.
+    pub async fn put<M: CacheValue>(&self, key: &Key<M>, version: i64, value: &M) {
+        let key = self.redis_key(key);
+        self.store_everywhere(&key, version, value).await;
         let Some(redis) = &self.inner.redis else {
             return;
         };
         let token: u64 = rand::rng().random();
         let (acks_tx, mut acks) = tokio::sync::watch::channel(0i64);
         self.pending_acks().insert(token, acks_tx);
-        let message = format!("inv:{token}:{}:{key}", entry.version);
+        let message = format!("inv:{token}:{version}:{key}");
         let channel = redis.channel.clone();
         let receivers = redis
             .run(|mut conn| async move { conn.publish::<_, _, i64>(channel, message).await })
@@ -371,33 +509,24 @@ impl Cache {
         self.pending_acks().remove(&token);
     }
 
-    /// Publishes a newly created entry: no instance can hold an older copy of a key that did not
-    /// exist (misses are never cached), so no invalidation round is needed.
-    pub async fn put_new(&self, key: &str, entry: Entry) {
-        self.note_announced(key, entry.version);
-        self.keep_newer_locally(key, &entry).await;
-        self.store_in_redis(key, &entry).await;
+    /// Publishes a newly created value: no instance can hold an older copy of a key that did
+    /// not exist (misses are never cached), so no invalidation round is needed.
+    pub async fn put_new<M: CacheValue>(&self, key: &Key<M>, version: i64, value: &M) {
+        self.store_everywhere(&self.redis_key(key), version, value)
+            .await;
     }
 
-    /// Puts `entry` in the in-process tier unless it holds the same or a newer version: two
-    /// writers' puts can arrive out of commit order, and the later-arriving older one must not
-    /// replace the newer entry (as the Redis script ensures there).
-    async fn keep_newer_locally(&self, key: &str, entry: &Entry) {
-        let Some(local) = &self.inner.local else {
-            return;
+    /// Announces `version` of `key` and stores the value in this instance's tier and Redis.
+    async fn store_everywhere<M: CacheValue>(&self, key: &str, version: i64, value: &M) {
+        self.note_announced(key, version);
+        if let Some(local) = &self.inner.local {
+            keep_newer_locally(local, key, LocalEntry::new(version, value.clone())).await;
+        }
+        let entry = Entry {
+            version,
+            bytes: value.encode_to_vec().into(),
         };
-        local
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                let op = match current {
-                    Some(current) if current.value().version >= entry.version => {
-                        moka::ops::compute::Op::Nop
-                    }
-                    _ => moka::ops::compute::Op::Put(entry.clone()),
-                };
-                std::future::ready(op)
-            })
-            .await;
+        self.store_in_redis(key, &entry).await;
     }
 
     fn pending_acks(
@@ -522,12 +651,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_round_trip_through_the_redis_encoding() {
+    fn a_redis_value_splits_at_its_first_colon_into_version_and_binary_value() {
         let entry = Entry {
             version: 42,
             bytes: Bytes::from_static(b"\x00:binary:\xff"),
         };
-        assert_eq!(Entry::from_redis(&entry.to_redis()), Some(entry));
+        assert_eq!(Entry::from_redis(b"42:\x00:binary:\xff"), Some(entry));
     }
 
     #[test]

@@ -1,18 +1,26 @@
-//! Request-id idempotency (AIP-155): a create retried with the same `request_id` returns the
-//! first call's response instead of creating again, also when the two calls run concurrently.
+//! Request-id idempotency (AIP-155): a write retried with the same `request_id` returns the
+//! first call's response instead of writing again, also when the two calls run concurrently.
 //!
-//! Each service keeps its own table in its own schema, created by its migrations:
+//! [`run`] is the one way to do a request-id-guarded write:
 //!
-//! ```sql
-//! CREATE TABLE <schema>.request_ids (
-//!     method       text        NOT NULL,
-//!     request_id   text        NOT NULL,
-//!     request_hash bytea       NOT NULL,
-//!     response     bytea,
-//!     create_time  timestamptz NOT NULL DEFAULT now(),
-//!     PRIMARY KEY (method, request_id)
-//! );
+//! ```ignore
+//! idempotency::validate_request_id("request_id", &req.request_id)?; // at the edge
+//! let mut tx = pool.begin().await?;
+//! let outcome = idempotency::run(&mut tx, "CreateThing", &req.request_id, &req, async |tx| {
+//!     let row = store::insert(tx, &thing).await?;
+//!     Ok((pb::CreateThingResponse { thing: Some(row.to_proto()) }, row))
+//! })
+//! .await?;
+//! match outcome {
+//!     Outcome::Ran(response, row) => { /* commit, publish `row` */ }
+//!     Outcome::Replayed(response) => { /* nothing was written */ }
+//! }
 //! ```
+//!
+//! The request ids live in the `request_ids` table of the service's own schema, a platform
+//! migration (`migrations/1000001_request_ids.sql`) that [`crate::db::Database::migrate`]
+//! applies in every service's schema; the service's pool sets `search_path` to that schema, so
+//! the statements here name the table unqualified.
 //!
 //! The claim is made inside the caller's transaction: a concurrent second insert of the same key
 //! waits on the first transaction's row lock, then sees its committed response. Ids are
@@ -20,9 +28,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgTransaction};
 
 use crate::error::ApiError;
 
@@ -32,13 +39,39 @@ pub const REMEMBER_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest request id accepted, in characters.
 pub const MAX_REQUEST_ID_LEN: usize = 100;
 
+/// What [`run`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome<R, T> {
+    /// The work ran in the caller's transaction (its response is stored there, for replays):
+    /// the response and whatever else the work handed back, for the caller to finish with
+    /// (commit, publish).
+    Ran(R, T),
+    /// An earlier call with this request id and the same request committed this response;
+    /// the work did not run and the transaction wrote nothing.
+    Replayed(R),
+}
+
+impl<R, T> Outcome<R, T> {
+    /// The response, whether it was made now or replayed.
+    pub fn into_response(self) -> R {
+        match self {
+            Self::Ran(response, _) | Self::Replayed(response) => response,
+        }
+    }
+
+    /// Whether the response is an earlier call's.
+    pub fn is_replay(&self) -> bool {
+        matches!(self, Self::Replayed(_))
+    }
+}
+
 /// The outcome of claiming a request id.
 #[derive(Debug)]
 enum Claim {
-    /// First use: do the work, then [`complete`] with the response.
+    /// First use: do the work, then store its response.
     New,
     /// Seen before with the same request: return this stored response.
-    Replay(Bytes),
+    Replay(Vec<u8>),
 }
 
 /// Hashes the encoded request, so reuse of an id for a different request is detected.
@@ -46,7 +79,8 @@ pub fn request_hash(encoded_request: &[u8]) -> Vec<u8> {
     Sha256::digest(encoded_request).to_vec()
 }
 
-/// Checks the shape of a request id; empty means "no idempotency asked for".
+/// Checks the shape of a request id; empty means "no idempotency asked for". Call it at the
+/// edge with the field's path, before any transaction begins.
 pub fn validate_request_id(field: &str, request_id: &str) -> Result<(), ApiError> {
     // Counted in characters, as the contract states, not in UTF-8 bytes.
     if request_id.chars().count() > MAX_REQUEST_ID_LEN {
@@ -64,39 +98,90 @@ pub fn validate_request_id(field: &str, request_id: &str) -> Result<(), ApiError
     Ok(())
 }
 
+/// Does `work` once per (`method`, `request_id`) and `request`, in the caller's transaction.
+///
+/// - A new request id is claimed in `tx`, `work` runs on `tx`, and its response is stored in
+///   `tx` next to the claim: [`Outcome::Ran`]. The caller commits (the claim and the work
+///   become visible together) or rolls back (the id stays free).
+/// - The same id with the same request (the hash of its encoding) returns the committed
+///   response without running `work`: [`Outcome::Replayed`]. A concurrent identical call waits
+///   on the claim's row lock until the first transaction ends, so `work` runs once.
+/// - The same id with a different request is `ALREADY_EXISTS` with reason
+///   `REQUEST_ID_REUSED`, and nothing runs.
+/// - An empty `request_id` (the caller asked for no idempotency) runs `work` without a claim.
+///
+/// When `work` fails, its error is returned and the claim is released, so nothing is stored
+/// even if the caller commits anyway; a retry runs the work again.
+pub async fn run<Req, Resp, T, E, F>(
+    tx: &mut PgTransaction<'_>,
+    method: &str,
+    request_id: &str,
+    request: &Req,
+    work: F,
+) -> Result<Outcome<Resp, T>, E>
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+    E: From<ApiError>,
+    F: AsyncFnOnce(&mut PgConnection) -> Result<(Resp, T), E>,
+{
+    let conn: &mut PgConnection = tx;
+    if request_id.is_empty() {
+        let (response, extra) = work(conn).await?;
+        return Ok(Outcome::Ran(response, extra));
+    }
+    let hash = request_hash(&request.encode_to_vec());
+    if let Claim::Replay(stored) = claim(conn, method, request_id, &hash).await? {
+        let response = Resp::decode(stored.as_slice()).map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!(
+                "stored response of {method} {request_id}: {e}"
+            ))
+        })?;
+        return Ok(Outcome::Replayed(response));
+    }
+    match work(&mut *conn).await {
+        Ok((response, extra)) => {
+            store_response(conn, method, request_id, &response).await?;
+            Ok(Outcome::Ran(response, extra))
+        }
+        Err(err) => {
+            release(conn, method, request_id).await;
+            Err(err)
+        }
+    }
+}
+
 /// Claims `request_id` for `method` inside the caller's transaction.
 async fn claim(
-    tx: &mut PgConnection,
-    schema: &'static str,
+    conn: &mut PgConnection,
     method: &str,
     request_id: &str,
     hash: &[u8],
 ) -> Result<Claim, ApiError> {
     // An expired claim is taken over as if new; a live one is left alone and read back.
-    let inserted: Option<bool> = sqlx::query_scalar(&format!(
-        "INSERT INTO {schema}.request_ids (method, request_id, request_hash) \
+    let inserted: Option<bool> = sqlx::query_scalar(
+        "INSERT INTO request_ids (method, request_id, request_hash) \
          VALUES ($1, $2, $3) \
          ON CONFLICT (method, request_id) DO UPDATE \
            SET request_hash = EXCLUDED.request_hash, response = NULL, create_time = now() \
-           WHERE {schema}.request_ids.create_time < now() - make_interval(secs => $4) \
-         RETURNING true"
-    ))
+           WHERE request_ids.create_time < now() - make_interval(secs => $4) \
+         RETURNING true",
+    )
     .bind(method)
     .bind(request_id)
     .bind(hash)
     .bind(REMEMBER_FOR.as_secs_f64())
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await?;
     if inserted.is_some() {
         return Ok(Claim::New);
     }
-    let (stored_hash, response): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(&format!(
-        "SELECT request_hash, response FROM {schema}.request_ids \
-         WHERE method = $1 AND request_id = $2"
-    ))
+    let (stored_hash, response): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT request_hash, response FROM request_ids WHERE method = $1 AND request_id = $2",
+    )
     .bind(method)
     .bind(request_id)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
     if stored_hash != hash {
         return Err(ApiError::AlreadyExists {
@@ -105,7 +190,7 @@ async fn claim(
         });
     }
     match response {
-        Some(bytes) => Ok(Claim::Replay(Bytes::from(bytes))),
+        Some(bytes) => Ok(Claim::Replay(bytes)),
         // The row is committed only together with its response, so this means a bug.
         None => Err(ApiError::Internal(anyhow::anyhow!(
             "request id {request_id} claimed without a response"
@@ -113,57 +198,41 @@ async fn claim(
     }
 }
 
-/// Claims `request_id` for `method` and, if an earlier call with the same request already
-/// completed, returns its stored response. `None` means: do the work, then [`complete`]. An
-/// empty `request_id` (the caller asked for no idempotency) always yields `None`.
-pub async fn replay<M: prost::Message + Default>(
-    tx: &mut PgConnection,
-    schema: &'static str,
-    method: &str,
-    request_id: &str,
-    hash: &[u8],
-) -> Result<Option<M>, ApiError> {
-    if request_id.is_empty() {
-        return Ok(None);
-    }
-    match claim(tx, schema, method, request_id, hash).await? {
-        Claim::New => Ok(None),
-        Claim::Replay(bytes) => M::decode(bytes).map(Some).map_err(|e| {
-            ApiError::Internal(anyhow::anyhow!(
-                "stored response of {method} {request_id}: {e}"
-            ))
-        }),
-    }
-}
-
-/// Stores the response of a claimed request id, in the same transaction as the work. A no-op
-/// for an empty `request_id`.
-pub async fn complete(
-    tx: &mut PgConnection,
-    schema: &'static str,
+/// Stores the response of a claimed request id, in the same transaction as the work.
+async fn store_response(
+    conn: &mut PgConnection,
     method: &str,
     request_id: &str,
     response: &impl prost::Message,
 ) -> Result<(), ApiError> {
-    if request_id.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(&format!(
-        "UPDATE {schema}.request_ids SET response = $3 WHERE method = $1 AND request_id = $2"
-    ))
-    .bind(method)
-    .bind(request_id)
-    .bind(response.encode_to_vec())
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("UPDATE request_ids SET response = $3 WHERE method = $1 AND request_id = $2")
+        .bind(method)
+        .bind(request_id)
+        .bind(response.encode_to_vec())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
-/// Deletes request ids older than [`REMEMBER_FOR`]; returns how many.
-pub async fn purge_expired(pool: &sqlx::PgPool, schema: &'static str) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(&format!(
-        "DELETE FROM {schema}.request_ids WHERE create_time < now() - make_interval(secs => $1)"
-    ))
+/// Gives up the claim of a failed work. Best effort: when the work's failure aborted the
+/// transaction this fails too, and the caller cannot commit the claim anyway.
+async fn release(conn: &mut PgConnection, method: &str, request_id: &str) {
+    let released = sqlx::query("DELETE FROM request_ids WHERE method = $1 AND request_id = $2")
+        .bind(method)
+        .bind(request_id)
+        .execute(&mut *conn)
+        .await;
+    if let Err(err) = released {
+        tracing::debug!(error = %err, method, "request id not released; the transaction is aborted");
+    }
+}
+
+/// Deletes request ids older than [`REMEMBER_FOR`] from the `request_ids` of the pool's
+/// schema; returns how many.
+pub async fn purge_expired(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM request_ids WHERE create_time < now() - make_interval(secs => $1)",
+    )
     .bind(REMEMBER_FOR.as_secs_f64())
     .execute(pool)
     .await?;

@@ -10,7 +10,6 @@ use crm_proto::crm::common::v1::ItemResult;
 use crm_proto::crm::customer::v1 as pb;
 use crm_proto::crm::customer::v1::import_customers_response::Kind;
 use futures::StreamExt;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -168,9 +167,10 @@ impl CustomerApi {
         if let Err(error) = idempotency::validate_request_id("request_id", &row.request_id) {
             return Ok(rejected(index, &row.row_ref, error));
         }
-        let hash = idempotency::request_hash(&customer.encode_to_vec());
+        // A row's request id guards the customer it carries, not the row (whose ref and index
+        // may differ between re-sent imports).
         match self
-            .create_once(&fields, &row.request_id, &hash, actor)
+            .create_once(&fields, &row.request_id, customer, actor)
             .await
         {
             Ok((response, created)) => {

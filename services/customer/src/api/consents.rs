@@ -1,14 +1,15 @@
 //! RecordConsent and ListConsentHistory.
 
 use chrono::{DateTime, Utc};
+use crm_platform::idempotency::{self, Outcome};
 use crm_platform::page_token::query_fingerprint;
 use crm_platform::paging::page_size;
 use crm_proto::crm::customer::v1 as pb;
-use prost::Message;
+use sqlx::PgConnection;
+use uuid::Uuid;
 
-use super::{CustomerApi, Write, both, idempotency};
-use crate::SCHEMA;
-use crate::domain::consent::validate_consent;
+use super::{CustomerApi, Write, both};
+use crate::domain::consent::{ValidConsent, validate_consent};
 use crate::domain::history::{FieldChange, consent_json};
 use crate::domain::{Principal, parse_id};
 use crate::error::Result;
@@ -28,36 +29,52 @@ impl CustomerApi {
             validate_consent(req.consent.as_ref()),
         )?;
         idempotency::validate_request_id("request_id", &req.request_id)?;
-        let hash = idempotency::request_hash(&req.encode_to_vec());
         let mut tx = self.begin().await?;
-        if let Some(response) =
-            idempotency::replay(&mut tx, SCHEMA, "RecordConsent", &req.request_id, &hash).await?
-        {
-            return Ok(response);
+        let outcome = idempotency::run(
+            &mut tx,
+            "RecordConsent",
+            &req.request_id,
+            &req,
+            async |tx| self.record_in(tx, id, &consent, actor).await,
+        )
+        .await?;
+        match outcome {
+            Outcome::Replayed(response) => Ok(response),
+            Outcome::Ran(response, write) => {
+                self.finish_write(tx, &[write], actor).await?;
+                Ok(response)
+            }
         }
-        self.lock_active(&mut tx, id, "").await?;
-        let mut current = store::current_consents(&mut tx, &[id]).await?;
-        let stored = store::insert_consent(&mut tx, id, &consent, actor).await?;
+    }
+
+    /// Records `consent` of customer `id` in `tx`: the response, and the write to publish.
+    async fn record_in(
+        &self,
+        tx: &mut PgConnection,
+        id: Uuid,
+        consent: &ValidConsent,
+        actor: &Principal,
+    ) -> Result<(pb::RecordConsentResponse, Write)> {
+        self.lock_active(tx, id, "").await?;
+        let mut current = store::current_consents(tx, &[id]).await?;
+        let stored = store::insert_consent(tx, id, consent, actor).await?;
         let before = current
             .remove(&id)
             .unwrap_or_default()
             .into_iter()
             .find(|c| c.channel == stored.channel);
-        let row = store::touch(&mut tx, id, actor).await?;
+        let row = store::touch(tx, id, actor).await?;
         let change = FieldChange {
             path: consent.channel_path(),
             old_value: before.as_ref().map(consent_json),
             new_value: Some(consent_json(&stored)),
         };
-        store::insert_field_changes(&mut tx, id, row.version, actor, &[change]).await?;
-        let customer = store::to_protos(&mut tx, std::slice::from_ref(&row)).await?;
+        store::insert_field_changes(tx, id, row.version, actor, &[change]).await?;
+        let customer = store::to_protos(tx, std::slice::from_ref(&row)).await?;
         let response = pb::RecordConsentResponse {
             customer: customer.into_iter().next(),
         };
-        idempotency::complete(&mut tx, SCHEMA, "RecordConsent", &req.request_id, &response).await?;
-        let write = Write::updated(row, vec!["consents".to_string()]);
-        self.finish_write(tx, &[write], actor).await?;
-        Ok(response)
+        Ok((response, Write::updated(row, vec!["consents".to_string()])))
     }
 
     pub(super) async fn consent_history(

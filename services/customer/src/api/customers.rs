@@ -3,6 +3,7 @@
 
 use crm_platform::db::bind_filter_params;
 use crm_platform::filter::{self, OrderTerm, SqlFilter};
+use crm_platform::idempotency::{self, Outcome};
 use crm_platform::page_token::query_fingerprint;
 use crm_platform::paging::{SortKey, keyset_after, keyset_order_by, page_size};
 use crm_platform::{ApiError, FieldViolations};
@@ -12,8 +13,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{CUSTOMER_FILTER, CustomerApi, Write, both, idempotency};
-use crate::SCHEMA;
+use super::{CUSTOMER_FILTER, CustomerApi, Write, both};
 use crate::domain::history::diff;
 use crate::domain::{CustomerFields, CustomerPatch, Principal, parse_id};
 use crate::error::{Error, Result};
@@ -118,30 +118,31 @@ fn list_sql(
 }
 
 impl CustomerApi {
-    /// Creates a customer in its own transaction, honouring the request id; `true` when it was
-    /// created now, `false` when the request id was seen before.
+    /// Creates a customer in its own transaction, honouring the request id (checked against
+    /// `hashed`, the request as the caller sent it); `true` when it was created now, `false`
+    /// when the request id was seen before.
     pub(super) async fn create_once(
         &self,
         fields: &CustomerFields,
         request_id: &str,
-        request_hash: &[u8],
+        hashed: &impl Message,
         actor: &Principal,
     ) -> Result<(pb::CreateCustomerResponse, bool)> {
         let mut tx = self.begin().await?;
-        if let Some(response) =
-            idempotency::replay(&mut tx, SCHEMA, "CreateCustomer", request_id, request_hash).await?
-        {
-            return Ok((response, false));
+        let outcome = idempotency::run(&mut tx, "CreateCustomer", request_id, hashed, async |tx| {
+            let row = store::insert(tx, Uuid::now_v7(), fields, actor).await?;
+            let customer = Some(row.to_proto(Vec::new()));
+            Ok::<_, Error>((pb::CreateCustomerResponse { customer }, row))
+        })
+        .await?;
+        match outcome {
+            Outcome::Replayed(response) => Ok((response, false)),
+            Outcome::Ran(response, row) => {
+                self.finish_write(tx, &[Write::whole(row, ChangeType::Created)], actor)
+                    .await?;
+                Ok((response, true))
+            }
         }
-        let row = store::insert(&mut tx, Uuid::now_v7(), fields, actor).await?;
-        let customer = row.to_proto(Vec::new());
-        let response = pb::CreateCustomerResponse {
-            customer: Some(customer),
-        };
-        idempotency::complete(&mut tx, SCHEMA, "CreateCustomer", request_id, &response).await?;
-        self.finish_write(tx, &[Write::whole(row, ChangeType::Created)], actor)
-            .await?;
-        Ok((response, true))
     }
 
     pub(super) async fn create(
@@ -155,9 +156,8 @@ impl CustomerApi {
             .ok_or_else(|| ApiError::invalid("customer", "is required"))?;
         let fields = CustomerFields::from_proto(customer, "customer")?;
         idempotency::validate_request_id("request_id", &req.request_id)?;
-        let hash = idempotency::request_hash(&req.encode_to_vec());
         Ok(self
-            .create_once(&fields, &req.request_id, &hash, actor)
+            .create_once(&fields, &req.request_id, &req, actor)
             .await?
             .0)
     }

@@ -3,16 +3,15 @@
 use chrono::{DateTime, Utc};
 use crm_platform::FieldViolations;
 use crm_platform::db::bind_filter_params;
+use crm_platform::idempotency;
 use crm_platform::page_token::query_fingerprint;
 use crm_platform::paging::page_size;
 use crm_proto::crm::customer::v1 as pb;
-use prost::Message;
 use uuid::Uuid;
 
-use super::{CustomerApi, INTERACTION_FILTER, idempotency};
-use crate::SCHEMA;
+use super::{CustomerApi, INTERACTION_FILTER};
 use crate::domain::{self, Principal, parse_id};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{self, INTERACTION_COLUMNS, InteractionRow};
 
 impl CustomerApi {
@@ -26,28 +25,21 @@ impl CustomerApi {
         let (customer_id, row) = validate_interaction(req.interaction.as_ref(), actor)?;
         idempotency::validate_request_id("request_id", &req.request_id)?;
         let mut tx = self.begin().await?;
-        let hash = idempotency::request_hash(&req.encode_to_vec());
-        if let Some(response) =
-            idempotency::replay(&mut tx, SCHEMA, "CreateInteraction", &req.request_id, &hash)
-                .await?
-        {
-            return Ok(response);
-        }
-        self.lock_active(&mut tx, customer_id, "").await?;
-        let stored = store::insert_interaction(&mut tx, &row).await?;
-        let response = pb::CreateInteractionResponse {
-            interaction: Some(stored.to_proto()),
-        };
-        idempotency::complete(
+        let outcome = idempotency::run(
             &mut tx,
-            SCHEMA,
             "CreateInteraction",
             &req.request_id,
-            &response,
+            &req,
+            async |tx| {
+                self.lock_active(tx, customer_id, "").await?;
+                let stored = store::insert_interaction(tx, &row).await?;
+                let interaction = Some(stored.to_proto());
+                Ok::<_, Error>((pb::CreateInteractionResponse { interaction }, ()))
+            },
         )
         .await?;
         tx.commit().await?;
-        Ok(response)
+        Ok(outcome.into_response())
     }
 
     pub(super) async fn interactions(

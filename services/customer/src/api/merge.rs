@@ -6,15 +6,14 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use crm_platform::FieldViolations;
 use crm_platform::filter::{FieldType, FilterSchema};
+use crm_platform::idempotency::{self, Outcome};
 use crm_platform::page_token::query_fingerprint;
 use crm_platform::paging::page_size;
 use crm_proto::crm::customer::v1 as pb;
-use prost::Message;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{CustomerApi, Write, idempotency};
-use crate::SCHEMA;
+use super::{CustomerApi, Write};
 use crate::domain::history::{FieldChange, consent_json, diff};
 use crate::domain::{self, CustomerFields, Principal, parse_id};
 use crate::error::Result;
@@ -150,19 +149,38 @@ impl CustomerApi {
     ) -> Result<pb::MergeCustomersResponse> {
         let (survivor, duplicates) = validate_merge(&req)?;
         let mut tx = self.begin().await?;
-        let hash = idempotency::request_hash(&req.encode_to_vec());
-        if let Some(response) =
-            idempotency::replay(&mut tx, SCHEMA, "MergeCustomers", &req.request_id, &hash).await?
-        {
-            return Ok(response);
+        let outcome = idempotency::run(
+            &mut tx,
+            "MergeCustomers",
+            &req.request_id,
+            &req,
+            async |tx| self.merge_in(tx, survivor, &duplicates, actor).await,
+        )
+        .await?;
+        match outcome {
+            Outcome::Replayed(response) => Ok(response),
+            Outcome::Ran(response, writes) => {
+                self.finish_write(tx, &writes, actor).await?;
+                Ok(response)
+            }
         }
+    }
+
+    /// Merges `duplicates` into `survivor` in `tx`: the response, and the writes to publish.
+    async fn merge_in(
+        &self,
+        tx: &mut PgConnection,
+        survivor: Uuid,
+        duplicates: &[Uuid],
+        actor: &Principal,
+    ) -> Result<(pb::MergeCustomersResponse, Vec<Write>)> {
         // Lock in id order so concurrent merges cannot deadlock.
-        let mut all = duplicates.clone();
+        let mut all = duplicates.to_vec();
         all.push(survivor);
         all.sort();
         let mut locked = Vec::new();
         for id in &all {
-            locked.push(self.lock_active(&mut tx, *id, "").await?);
+            locked.push(self.lock_active(tx, *id, "").await?);
         }
         let mut writes = Vec::new();
         let mut survivor_row: Option<CustomerRow> = None;
@@ -171,17 +189,16 @@ impl CustomerApi {
                 survivor_row = Some(row);
             } else {
                 // The duplicate leaves the active set first, freeing its email for the survivor.
-                let merged =
-                    store::set_state(&mut tx, row.id, "MERGED", Some(survivor), actor).await?;
+                let merged = store::set_state(tx, row.id, "MERGED", Some(survivor), actor).await?;
                 writes.push((row, Write::merged(merged, survivor)));
             }
         }
         let survivor_row = survivor_row.ok_or(crate::error::Error::NotFound(survivor))?;
         let (survivor_write, merge_record) = self
-            .fold_survivor(&mut tx, &survivor_row, &writes, &duplicates, actor)
+            .fold_survivor(tx, &survivor_row, &writes, duplicates, actor)
             .await?;
         let mut writes: Vec<Write> = writes.into_iter().map(|(_, w)| w).collect();
-        let survivor_proto = store::to_protos(&mut tx, std::slice::from_ref(&survivor_write.row))
+        let survivor_proto = store::to_protos(tx, std::slice::from_ref(&survivor_write.row))
             .await?
             .remove(0);
         writes.push(survivor_write);
@@ -189,16 +206,7 @@ impl CustomerApi {
             customer: Some(survivor_proto),
             merge_record: Some(merge_record),
         };
-        idempotency::complete(
-            &mut tx,
-            SCHEMA,
-            "MergeCustomers",
-            &req.request_id,
-            &response,
-        )
-        .await?;
-        self.finish_write(tx, &writes, actor).await?;
-        Ok(response)
+        Ok((response, writes))
     }
 
     /// Gives the survivor what the duplicates knew and their history, records the fields it

@@ -14,5 +14,6 @@ mod interactions;
 mod listing;
 mod merge;
 mod owners;
+mod request_ids;
 mod resilience;
 mod search;

@@ -3,9 +3,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use crm_platform::ApiError;
-use crm_platform::cache::{Cache, Entry};
+use crm_platform::cache::{Cache, Key, Keyspace, Versioned};
 use futures::StreamExt;
 use redis::AsyncCommands;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -17,11 +16,26 @@ use crate::support::{
 
 const NAMESPACE: &str = "test";
 
-fn entry(version: i64, text: &'static str) -> Entry {
-    Entry {
+/// The keyspace of these tests: a text per key.
+const THINGS: Keyspace<String> = Keyspace::new("thing");
+
+fn entry(version: i64, text: &str) -> Versioned<String> {
+    Versioned {
         version,
-        bytes: Bytes::from_static(text.as_bytes()),
+        value: text.to_string(),
     }
+}
+
+/// Publishes `entry` as a committed write of `key`.
+async fn put(cache: &Cache, key: &Key<String>, entry: Versioned<String>) {
+    cache.put(key, entry.version, &entry.value).await;
+}
+
+/// What Redis holds for `entry`: its version, a colon, the encoded value.
+fn redis_value(entry: Versioned<String>) -> Vec<u8> {
+    let mut raw = format!("{}:", entry.version).into_bytes();
+    raw.extend(prost::Message::encode_to_vec(&entry.value));
+    raw
 }
 
 /// A cache of namespace `test` on `redis_url` with its own key `prefix` (no TTL jitter).
@@ -60,12 +74,12 @@ async fn wait_until_live(cache: &Cache, live: bool) {
 
 /// The row behind a key as PostgreSQL would hold it, and how often it was loaded.
 struct Row {
-    current: Mutex<Entry>,
+    current: Mutex<Versioned<String>>,
     loads: AtomicUsize,
 }
 
 impl Row {
-    fn new(initial: Entry) -> Self {
+    fn new(initial: Versioned<String>) -> Self {
         Self {
             current: Mutex::new(initial),
             loads: AtomicUsize::new(0),
@@ -73,11 +87,11 @@ impl Row {
     }
 
     /// Commits a new version (the caller then publishes it with `put`).
-    fn commit(&self, entry: Entry) {
+    fn commit(&self, entry: Versioned<String>) {
         *self.current.lock().unwrap() = entry;
     }
 
-    async fn load(&self) -> Result<Entry, ApiError> {
+    async fn load(&self) -> Result<Versioned<String>, ApiError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
         Ok(self.current.lock().unwrap().clone())
     }
@@ -87,22 +101,25 @@ impl Row {
     }
 }
 
-/// The raw Redis value of `key`.
-async fn in_redis(key: &str) -> Option<Vec<u8>> {
+/// The raw Redis value of `key` of `cache`.
+async fn in_redis(cache: &Cache, key: &Key<String>) -> Option<Vec<u8>> {
     let mut redis = redis_connection().await;
-    redis.get(key).await.unwrap()
+    redis.get(cache.redis_key(key)).await.unwrap()
 }
 
 #[tokio::test]
 async fn a_put_of_an_older_version_never_overwrites_a_newer_one_in_redis() {
     let prefix = unique_prefix();
     let cache = cache_on(&redis_url(), &prefix, &[]);
-    let key = cache.key("thing", "1");
-    cache.put(&key, entry(2, "new")).await;
+    let key = THINGS.key(1);
+    put(&cache, &key, entry(2, "new")).await;
 
-    within(cache.put(&key, entry(1, "old"))).await;
+    within(put(&cache, &key, entry(1, "old"))).await;
 
-    assert_eq!(in_redis(&key).await.as_deref(), Some(&b"2:new"[..]));
+    assert_eq!(
+        in_redis(&cache, &key).await,
+        Some(redis_value(entry(2, "new")))
+    );
 }
 
 #[tokio::test]
@@ -110,7 +127,7 @@ async fn a_load_of_an_older_row_never_overwrites_a_newer_entry_in_redis() {
     let prefix = unique_prefix();
     let reader = cache_on(&redis_url(), &prefix, &[]);
     let writer = cache_on(&redis_url(), &prefix, &[]);
-    let key = reader.key("thing", "1");
+    let key = THINGS.key(1);
     let row = Row::new(entry(1, "old"));
 
     // The reader reads the old row; the writer commits and publishes before the read returns.
@@ -118,18 +135,21 @@ async fn a_load_of_an_older_row_never_overwrites_a_newer_entry_in_redis() {
         .get_or_load(&key, || async {
             let old = row.load().await;
             row.commit(entry(2, "new"));
-            writer.put(&key, entry(2, "new")).await;
+            put(&writer, &key, entry(2, "new")).await;
             old
         })
         .await
         .unwrap();
 
-    assert_eq!(read, entry(1, "old"), "the read began before the write");
-    assert_eq!(in_redis(&key).await.as_deref(), Some(&b"2:new"[..]));
+    assert_eq!(read, "old", "the read began before the write");
+    assert_eq!(
+        in_redis(&reader, &key).await,
+        Some(redis_value(entry(2, "new")))
+    );
     let next = within(reader.get_or_load(&key, || row.load()))
         .await
         .unwrap();
-    assert_eq!(next, entry(2, "new"));
+    assert_eq!(next, "new");
     assert_eq!(row.loads(), 1, "the next read is served by Redis");
 }
 
@@ -138,18 +158,18 @@ async fn a_put_of_an_older_version_never_overwrites_a_newer_one_in_the_in_proces
     let prefix = unique_prefix();
     let cache = cache_on(&redis_url(), &prefix, &[]);
     let _listening = live(&cache).await;
-    let key = cache.key("thing", "1");
+    let key = THINGS.key(1);
     let row = Row::new(entry(2, "new"));
-    within(cache.put(&key, entry(2, "new"))).await;
+    within(put(&cache, &key, entry(2, "new"))).await;
 
     // The writer of version 1 publishes late, after version 2's writer.
-    within(cache.put(&key, entry(1, "old"))).await;
-    within(cache.put_new(&key, entry(1, "old"))).await;
+    within(put(&cache, &key, entry(1, "old"))).await;
+    within(cache.put_new(&key, 1, &"old".to_string())).await;
 
     let read = within(cache.get_or_load(&key, || row.load()))
         .await
         .unwrap();
-    assert_eq!(read, entry(2, "new"));
+    assert_eq!(read, "new");
     assert!(cache.local_tier_live());
 }
 
@@ -158,7 +178,7 @@ async fn concurrent_reads_of_one_missing_key_run_the_loader_once() {
     let prefix = unique_prefix();
     let cache = cache_on(&redis_url(), &prefix, &[]);
     let _listening = live(&cache).await;
-    let key = cache.key("thing", "1");
+    let key = THINGS.key(1);
     let row = Row::new(entry(1, "only"));
     let (open, gate) = tokio::sync::watch::channel(false);
 
@@ -186,7 +206,7 @@ async fn concurrent_reads_of_one_missing_key_run_the_loader_once() {
 
     assert_eq!(row.loads(), 1, "one load for all the concurrent readers");
     for read in reads {
-        assert_eq!(read.unwrap(), entry(1, "only"));
+        assert_eq!(read.unwrap(), "only");
     }
 }
 
@@ -196,7 +216,7 @@ async fn a_load_that_raced_a_write_on_another_instance_is_redone() {
     let reader = cache_on(&redis_url(), &prefix, &[]);
     let writer = cache_on(&redis_url(), &prefix, &[]);
     let _reader_listening = live(&reader).await;
-    let key = reader.key("thing", "1");
+    let key = THINGS.key(1);
     let row = Row::new(entry(1, "old"));
 
     // The load reads version 1; before it returns, the other instance commits version 2 and
@@ -205,22 +225,18 @@ async fn a_load_that_raced_a_write_on_another_instance_is_redone() {
         let old = row.load().await;
         if old.as_ref().is_ok_and(|e| e.version == 1) {
             row.commit(entry(2, "new"));
-            writer.put(&key, entry(2, "new")).await;
+            put(&writer, &key, entry(2, "new")).await;
         }
         old
     }))
     .await
     .unwrap();
 
-    assert_eq!(read, entry(2, "new"), "the raced load must be redone");
+    assert_eq!(read, "new", "the raced load must be redone");
     let again = within(reader.get_or_load(&key, || row.load()))
         .await
         .unwrap();
-    assert_eq!(
-        again,
-        entry(2, "new"),
-        "the old version must not stay cached"
-    );
+    assert_eq!(again, "new", "the old version must not stay cached");
 }
 
 #[tokio::test]
@@ -230,7 +246,7 @@ async fn without_its_subscription_an_instance_bypasses_its_in_process_tier() {
     let reader = cache_on(&format!("redis://{}", proxy.addr), &prefix, &[]);
     let writer = cache_on(&redis_url(), &prefix, &[]);
     let _listening = live(&reader).await;
-    let key = reader.key("thing", "1");
+    let key = THINGS.key(1);
     let row = Row::new(entry(1, "old"));
     within(reader.get_or_load(&key, || row.load()))
         .await
@@ -244,7 +260,7 @@ async fn without_its_subscription_an_instance_bypasses_its_in_process_tier() {
     wait_until_live(&reader, false).await;
     // Another instance writes; its invalidation cannot reach the cut-off reader.
     row.commit(entry(2, "new"));
-    within(writer.put(&key, entry(2, "new"))).await;
+    within(put(&writer, &key, entry(2, "new"))).await;
 
     let first = within(reader.get_or_load(&key, || row.load()))
         .await
@@ -252,8 +268,8 @@ async fn without_its_subscription_an_instance_bypasses_its_in_process_tier() {
     let second = within(reader.get_or_load(&key, || row.load()))
         .await
         .unwrap();
-    assert_eq!(first, entry(2, "new"));
-    assert_eq!(second, entry(2, "new"));
+    assert_eq!(first, "new");
+    assert_eq!(second, "new");
     assert_eq!(
         row.loads(),
         3,
@@ -269,16 +285,16 @@ async fn the_in_process_tier_starts_empty_when_the_subscription_comes_back() {
     let reader = cache_on(&format!("redis://{}", proxy.addr), &prefix, &[]);
     let writer = cache_on(&redis_url(), &prefix, &[]);
     let _listening = live(&reader).await;
-    let key = reader.key("thing", "1");
+    let key = THINGS.key(1);
     let row = Row::new(entry(1, "old"));
     proxy.cut();
     wait_until_live(&reader, false).await;
     // While cut off, this instance writes version 2 (kept in its own tier) and another
     // instance writes version 3, whose invalidation this one never receives.
     row.commit(entry(2, "mine"));
-    within(reader.put(&key, entry(2, "mine"))).await;
+    within(put(&reader, &key, entry(2, "mine"))).await;
     row.commit(entry(3, "theirs"));
-    within(writer.put(&key, entry(3, "theirs"))).await;
+    within(put(&writer, &key, entry(3, "theirs"))).await;
 
     proxy.restore();
     wait_until_live(&reader, true).await;
@@ -286,14 +302,14 @@ async fn the_in_process_tier_starts_empty_when_the_subscription_comes_back() {
     let read = within(reader.get_or_load(&key, || row.load()))
         .await
         .unwrap();
-    assert_eq!(read, entry(3, "theirs"));
+    assert_eq!(read, "theirs");
 }
 
 #[tokio::test]
 async fn an_invalidation_nobody_acknowledges_times_out_and_is_counted_not_failed() {
     let prefix = unique_prefix();
     let writer = cache_on(&redis_url(), &prefix, &[("CRM__REDIS__TIMEOUT_MS", "300")]);
-    let key = writer.key("thing", "1");
+    let key = THINGS.key(1);
     // A subscriber that never acknowledges.
     let client = redis::Client::open(redis_url()).unwrap();
     let mut silent = client.get_async_pubsub().await.unwrap_or_else(|e| {
@@ -308,7 +324,7 @@ async fn an_invalidation_nobody_acknowledges_times_out_and_is_counted_not_failed
         .unwrap();
     let timeouts_before = counter("crm_cache_invalidation_timeouts_total", &[]);
 
-    within(writer.put(&key, entry(1, "v1"))).await;
+    within(put(&writer, &key, entry(1, "v1"))).await;
 
     assert_eq!(
         counter("crm_cache_invalidation_timeouts_total", &[]),
@@ -317,10 +333,13 @@ async fn an_invalidation_nobody_acknowledges_times_out_and_is_counted_not_failed
     let message = within(silent.on_message().next()).await.unwrap();
     let payload: String = message.get_payload().unwrap();
     assert!(
-        payload.starts_with("inv:") && payload.ends_with(&format!(":1:{key}")),
+        payload.starts_with("inv:") && payload.ends_with(&format!(":1:{}", writer.redis_key(&key))),
         "{payload}"
     );
-    assert_eq!(in_redis(&key).await.as_deref(), Some(&b"1:v1"[..]));
+    assert_eq!(
+        in_redis(&writer, &key).await,
+        Some(redis_value(entry(1, "v1")))
+    );
 }
 
 #[tokio::test]
@@ -328,7 +347,7 @@ async fn redis_dying_between_calls_never_fails_a_call() {
     let proxy = Outage::start(redis_addr()).await;
     let prefix = unique_prefix();
     let cache = cache_on(&format!("redis://{}", proxy.addr), &prefix, &[]);
-    let key = cache.key("thing", "1");
+    let key = THINGS.key(1);
     let row = Row::new(entry(1, "old"));
     within(cache.get_or_load(&key, || row.load()))
         .await
@@ -348,11 +367,11 @@ async fn redis_dying_between_calls_never_fails_a_call() {
     proxy.cut();
 
     let read = within(cache.get_or_load(&key, || row.load())).await;
-    assert_eq!(read.unwrap(), entry(1, "old"));
+    assert_eq!(read.unwrap(), "old");
     row.commit(entry(2, "new"));
-    within(cache.put(&key, entry(2, "new"))).await;
+    within(put(&cache, &key, entry(2, "new"))).await;
     let read = within(cache.get_or_load(&key, || row.load())).await;
-    assert_eq!(read.unwrap(), entry(2, "new"));
+    assert_eq!(read.unwrap(), "new");
     assert_eq!(row.loads(), 3, "with Redis down every read loads");
     assert!(
         redis_errors() > errors_before,
@@ -365,18 +384,63 @@ async fn a_loader_error_reaches_the_caller_and_nothing_is_cached() {
     let prefix = unique_prefix();
     let cache = cache_on(&redis_url(), &prefix, &[]);
     let _listening = live(&cache).await;
-    let key = cache.key("thing", "1");
+    let key = THINGS.key(1);
 
     let err = within(cache.get_or_load(&key, || async { Err(ApiError::not_found("thing", "1")) }))
         .await
         .unwrap_err();
 
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert_eq!(in_redis(&key).await, None);
+    assert_eq!(in_redis(&cache, &key).await, None);
     let row = Row::new(entry(1, "found"));
     let read = within(cache.get_or_load(&key, || row.load()))
         .await
         .unwrap();
-    assert_eq!(read, entry(1, "found"));
+    assert_eq!(read, "found");
     assert_eq!(row.loads(), 1);
+}
+
+#[tokio::test]
+async fn an_entry_redis_cannot_decode_as_the_keyspaces_type_is_loaded_from_the_row() {
+    let prefix = unique_prefix();
+    let cache = cache_on(&redis_url(), &prefix, &[]);
+    let key = THINGS.key(1);
+    let mut redis = redis_connection().await;
+    // Not an encoded string: a field of wire type 7, which does not exist.
+    let _: () = redis
+        .set(cache.redis_key(&key), b"1:\x0f\xff".to_vec())
+        .await
+        .unwrap();
+    let row = Row::new(entry(1, "from the row"));
+
+    let read = within(cache.get_or_load(&key, || row.load())).await;
+
+    assert_eq!(read.unwrap(), "from the row");
+    assert_eq!(row.loads(), 1);
+}
+
+#[tokio::test]
+async fn keyspaces_keep_their_values_apart_and_each_key_reads_back_its_own_type() {
+    const COUNTS: Keyspace<u64> = Keyspace::new("count");
+    let prefix = unique_prefix();
+    let cache = cache_on(&redis_url(), &prefix, &[]);
+    let _listening = live(&cache).await;
+    put(&cache, &THINGS.key(1), entry(1, "a thing")).await;
+    cache.put(&COUNTS.key(1), 1, &42).await;
+
+    let thing = within(cache.get_or_load(&THINGS.key(1), || async {
+        Err(ApiError::not_found("thing", "1"))
+    }))
+    .await;
+    let count = within(cache.get_or_load(&COUNTS.key(1), || async {
+        Err(ApiError::not_found("count", "1"))
+    }))
+    .await;
+
+    assert_eq!(thing.unwrap(), "a thing");
+    assert_eq!(count.unwrap(), 42);
+    assert_ne!(
+        cache.redis_key(&THINGS.key(1)),
+        cache.redis_key(&COUNTS.key(1))
+    );
 }

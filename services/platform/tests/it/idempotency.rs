@@ -1,60 +1,98 @@
-//! Request-id claims in the caller's transaction: replay, reuse, expiry, purge and races.
+//! `idempotency::run` against the real PostgreSQL, in a service schema migrated by
+//! `Database::migrate` (so `request_ids` is the platform's migration): replay, reuse, expiry,
+//! purge, failures and races.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crm_platform::ApiError;
-use crm_platform::idempotency::{REMEMBER_FOR, complete, purge_expired, replay, request_hash};
+use crm_platform::db::Database;
+use crm_platform::idempotency::{Outcome, REMEMBER_FOR, purge_expired, request_hash, run};
 use sqlx::PgPool;
-use std::time::Duration;
+use sqlx::migrate::Migrator;
 use tonic_types::StatusExt;
 
-use crate::support::{eventually, fresh_database, pool, within};
+use crate::support::{config, eventually, fresh_database, within};
 
+/// The service schema the tests' request ids live in.
 const SCHEMA: &str = "idem";
 /// How long the contract (proto/README.md) promises a request id is remembered. The tests age
 /// rows against this figure, not against the code's constant, so a wrong constant fails them.
 const CONTRACT_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
-const METHOD: &str = "/crm.test.v1.TestService/CreateThing";
+const METHOD: &str = "CreateThing";
+/// The pool size of the service under test.
+const POOL_SIZE: usize = 4;
 
-/// A fresh database holding `idem.request_ids` as the module documents it.
-async fn request_ids_table() -> PgPool {
-    let pool = pool(&fresh_database().await).await;
-    sqlx::query(&format!("CREATE SCHEMA {SCHEMA}"))
-        .execute(&pool)
+/// A service with no migrations of its own: its schema holds the platform's tables only.
+static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
+
+/// A fresh database with the `idem` schema migrated as a service's is, plus a `things` table
+/// the work writes to; its pool's `search_path` is `idem`.
+async fn service_schema() -> PgPool {
+    let url = fresh_database().await;
+    let config = config(&[
+        ("CRM__DATABASE__URL", &url),
+        ("CRM__DATABASE__MAX_CONNECTIONS", &POOL_SIZE.to_string()),
+    ]);
+    let db = Database::connect_lazy(&config.database, SCHEMA, &NO_MIGRATIONS).unwrap();
+    within(db.migrate()).await.unwrap();
+    sqlx::query("CREATE TABLE things (name text NOT NULL)")
+        .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query(&format!(
-        "CREATE TABLE {SCHEMA}.request_ids (
-             method       text        NOT NULL,
-             request_id   text        NOT NULL,
-             request_hash bytea       NOT NULL,
-             response     bytea,
-             create_time  timestamptz NOT NULL DEFAULT now(),
-             PRIMARY KEY (method, request_id)
-         )"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool
+    db.pool
 }
 
-/// Claims `request_id` in a transaction of its own; when it is new, completes it with
-/// `response` and commits. Returns what the claim returned.
-async fn call(pool: &PgPool, request_id: &str, request: &[u8], response: &str) -> Option<String> {
+/// The work of a CreateThing call: inserts a thing named `request` and answers `response`.
+async fn create_thing(
+    tx: &mut sqlx::PgConnection,
+    request: &str,
+    response: &str,
+) -> Result<(String, ()), ApiError> {
+    sqlx::query("INSERT INTO things (name) VALUES ($1)")
+        .bind(request)
+        .execute(&mut *tx)
+        .await?;
+    Ok((response.to_string(), ()))
+}
+
+/// CreateThing `request` under `request_id`, in a transaction of its own that commits unless
+/// `run` failed.
+async fn call(
+    pool: &PgPool,
+    request_id: &str,
+    request: &str,
+    response: &str,
+) -> Result<Outcome<String, ()>, ApiError> {
     let mut tx = pool.begin().await.unwrap();
-    let hash = request_hash(request);
-    let replayed = replay::<String>(&mut tx, SCHEMA, METHOD, request_id, &hash)
-        .await
-        .unwrap();
-    if replayed.is_none() {
-        complete(&mut tx, SCHEMA, METHOD, request_id, &response.to_string())
-            .await
-            .unwrap();
-    }
+    let request = request.to_string();
+    let outcome = run(&mut tx, METHOD, request_id, &request, async |tx| {
+        create_thing(tx, &request, response).await
+    })
+    .await?;
     tx.commit().await.unwrap();
-    replayed
+    Ok(outcome)
 }
 
-/// (request_hash, response) of every stored row of `request_id`.
+fn ran(response: &str) -> Outcome<String, ()> {
+    Outcome::Ran(response.to_string(), ())
+}
+
+fn replayed(response: &str) -> Outcome<String, ()> {
+    Outcome::Replayed(response.to_string())
+}
+
+/// The hash `run` stores for `request`.
+fn hash_of(request: &str) -> Vec<u8> {
+    request_hash(&prost::Message::encode_to_vec(&request.to_string()))
+}
+
+fn encoded(response: &str) -> Vec<u8> {
+    prost::Message::encode_to_vec(&response.to_string())
+}
+
+/// (request_hash, response) of every stored row of `request_id`, read from the service schema
+/// by name.
 async fn stored(pool: &PgPool, request_id: &str) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     sqlx::query_as(&format!(
         "SELECT request_hash, response FROM {SCHEMA}.request_ids WHERE request_id = $1"
@@ -65,12 +103,20 @@ async fn stored(pool: &PgPool, request_id: &str) -> Vec<(Vec<u8>, Option<Vec<u8>
     .unwrap()
 }
 
+/// The names of the things the committed work inserted, in order.
+async fn things(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT name FROM things ORDER BY name")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
 /// Moves the claim of `request_id` `age` into the past.
 async fn age(pool: &PgPool, request_id: &str, age: Duration) {
-    sqlx::query(&format!(
-        "UPDATE {SCHEMA}.request_ids SET create_time = now() - make_interval(secs => $2) \
-         WHERE request_id = $1"
-    ))
+    sqlx::query(
+        "UPDATE request_ids SET create_time = now() - make_interval(secs => $2) \
+         WHERE request_id = $1",
+    )
     .bind(request_id)
     .bind(age.as_secs_f64())
     .execute(pool)
@@ -82,45 +128,70 @@ fn one_minute_past_expiry() -> Duration {
     CONTRACT_MEMORY + Duration::from_secs(60)
 }
 
+/// Backends of this database waiting on a lock.
+async fn lock_waiters(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Whether a transaction has run the work and sits open: its claim is not visible to others,
+/// so look for the open transaction whose last statement was the work's.
+async fn work_done_in_open_transaction(pool: &PgPool) -> bool {
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND state = 'idle in transaction' AND query LIKE 'INSERT INTO things%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    open == 1
+}
+
 #[tokio::test]
-async fn a_first_call_claims_the_id_and_stores_its_response() {
-    let pool = request_ids_table().await;
+async fn a_first_call_runs_the_work_once_and_stores_its_response_in_the_service_schema() {
+    let pool = service_schema().await;
 
-    let replayed = call(&pool, "req-1", b"create ada", "ada created").await;
+    let outcome = call(&pool, "req-1", "ada", "ada created").await.unwrap();
 
-    assert_eq!(replayed, None);
-    let encoded = prost::Message::encode_to_vec(&"ada created".to_string());
+    assert_eq!(outcome, ran("ada created"));
+    assert_eq!(things(&pool).await, ["ada"]);
     assert_eq!(
         stored(&pool, "req-1").await,
-        [(request_hash(b"create ada"), Some(encoded))]
+        [(hash_of("ada"), Some(encoded("ada created")))]
     );
 }
 
 #[tokio::test]
-async fn a_completed_request_id_replays_the_stored_response() {
-    let pool = request_ids_table().await;
-    call(&pool, "req-1", b"create ada", "ada created").await;
+async fn a_repeated_call_replays_the_stored_response_without_running_the_work() {
+    let pool = service_schema().await;
+    call(&pool, "req-1", "ada", "ada created").await.unwrap();
 
-    let replayed = call(&pool, "req-1", b"create ada", "a second ada").await;
+    let outcome = call(&pool, "req-1", "ada", "a second ada").await.unwrap();
 
-    assert_eq!(replayed.as_deref(), Some("ada created"));
-    let encoded = prost::Message::encode_to_vec(&"ada created".to_string());
+    assert_eq!(outcome, replayed("ada created"));
+    assert_eq!(things(&pool).await, ["ada"], "the work must not run again");
     assert_eq!(
         stored(&pool, "req-1").await,
-        [(request_hash(b"create ada"), Some(encoded))],
+        [(hash_of("ada"), Some(encoded("ada created")))],
         "the replay must leave the stored response alone"
     );
 }
 
 #[tokio::test]
-async fn an_empty_request_id_is_never_claimed() {
-    let pool = request_ids_table().await;
+async fn an_empty_request_id_runs_the_work_every_time_and_claims_nothing() {
+    let pool = service_schema().await;
 
-    let first = call(&pool, "", b"create ada", "ada created").await;
-    let second = call(&pool, "", b"create ada", "ada created").await;
+    let first = call(&pool, "", "ada", "ada created").await.unwrap();
+    let second = call(&pool, "", "ada", "ada created").await.unwrap();
 
-    assert_eq!((first, second), (None, None));
-    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {SCHEMA}.request_ids"))
+    assert_eq!((first, second), (ran("ada created"), ran("ada created")));
+    assert_eq!(things(&pool).await, ["ada", "ada"]);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM request_ids")
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -129,95 +200,239 @@ async fn an_empty_request_id_is_never_claimed() {
 
 #[tokio::test]
 async fn the_same_id_for_a_different_request_is_already_exists_request_id_reused() {
-    let pool = request_ids_table().await;
-    call(&pool, "req-1", b"create ada", "ada created").await;
+    let pool = service_schema().await;
+    call(&pool, "req-1", "ada", "ada created").await.unwrap();
 
-    let mut tx = pool.begin().await.unwrap();
-    let err = replay::<String>(
-        &mut tx,
-        SCHEMA,
-        METHOD,
-        "req-1",
-        &request_hash(b"create grace"),
-    )
-    .await
-    .unwrap_err();
-    tx.rollback().await.unwrap();
+    let err = call(&pool, "req-1", "grace", "grace created")
+        .await
+        .unwrap_err();
 
     assert!(matches!(err, ApiError::AlreadyExists { .. }), "{err:?}");
     let status = tonic::Status::from(err);
     assert_eq!(status.code(), tonic::Code::AlreadyExists);
     let info = status.get_details_error_info().expect("an ErrorInfo");
     assert_eq!(info.reason, "REQUEST_ID_REUSED");
-    let encoded = prost::Message::encode_to_vec(&"ada created".to_string());
+    assert_eq!(things(&pool).await, ["ada"], "the work must not run");
     assert_eq!(
         stored(&pool, "req-1").await,
-        [(request_hash(b"create ada"), Some(encoded))],
+        [(hash_of("ada"), Some(encoded("ada created")))],
         "the first request's claim must stay"
     );
 }
 
 #[tokio::test]
 async fn the_same_id_for_another_method_is_a_separate_claim() {
-    let pool = request_ids_table().await;
-    call(&pool, "req-1", b"create ada", "ada created").await;
+    let pool = service_schema().await;
+    call(&pool, "req-1", "ada", "ada created").await.unwrap();
 
     let mut tx = pool.begin().await.unwrap();
-    let other_method = "/crm.test.v1.TestService/MergeThings";
-    let replayed = replay::<String>(
-        &mut tx,
-        SCHEMA,
-        other_method,
-        "req-1",
-        &request_hash(b"merge"),
-    )
+    let request = "merge".to_string();
+    let outcome = run(&mut tx, "MergeThings", "req-1", &request, async |tx| {
+        create_thing(tx, &request, "merged").await
+    })
     .await
     .unwrap();
     tx.commit().await.unwrap();
 
-    assert_eq!(replayed, None);
+    assert_eq!(outcome, ran("merged"));
     assert_eq!(stored(&pool, "req-1").await.len(), 2);
 }
 
 #[tokio::test]
-async fn an_id_older_than_the_memory_window_counts_as_new() {
-    let pool = request_ids_table().await;
-    call(&pool, "req-1", b"create ada", "ada created").await;
-    age(&pool, "req-1", one_minute_past_expiry()).await;
+async fn a_failed_work_stores_nothing_and_a_retry_runs_it_again() {
+    let pool = service_schema().await;
+    let mut tx = pool.begin().await.unwrap();
+    let request = "ada".to_string();
 
-    let replayed = call(&pool, "req-1", b"create grace", "grace created").await;
+    // The work fails on the database, which aborts the transaction.
+    let failed = run(&mut tx, METHOD, "req-1", &request, async |tx| {
+        sqlx::query("INSERT INTO no_such_table VALUES (1)")
+            .execute(&mut *tx)
+            .await?;
+        Ok::<_, ApiError>((String::from("never"), ()))
+    })
+    .await;
+    drop(tx);
 
-    assert_eq!(replayed, None, "an expired id must be claimed afresh");
-    let encoded = prost::Message::encode_to_vec(&"grace created".to_string());
+    assert!(matches!(failed, Err(ApiError::Internal(_))), "{failed:?}");
+    assert_eq!(stored(&pool, "req-1").await, []);
+    let retry = call(&pool, "req-1", "ada", "ada created").await.unwrap();
+    assert_eq!(
+        retry,
+        ran("ada created"),
+        "the retry must do the work itself"
+    );
+    assert_eq!(things(&pool).await, ["ada"]);
+}
+
+#[tokio::test]
+async fn a_failed_work_releases_its_claim_even_when_the_caller_commits() {
+    let pool = service_schema().await;
+    let mut tx = pool.begin().await.unwrap();
+    let request = "ada".to_string();
+
+    // The work refuses the request without a database error: the transaction stays usable
+    // and the caller commits it.
+    let failed = run(&mut tx, METHOD, "req-1", &request, async |_tx| {
+        Err::<(String, ()), _>(ApiError::invalid("name", "is taken"))
+    })
+    .await;
+    tx.commit().await.unwrap();
+
+    assert!(
+        matches!(failed, Err(ApiError::InvalidArgument(_))),
+        "{failed:?}"
+    );
     assert_eq!(
         stored(&pool, "req-1").await,
-        [(request_hash(b"create grace"), Some(encoded))]
+        [],
+        "no claim without a response"
     );
-    let fresh: bool = sqlx::query_scalar(&format!(
-        "SELECT create_time > now() - interval '1 hour' FROM {SCHEMA}.request_ids"
-    ))
-    .fetch_one(&pool)
+    let retry = call(&pool, "req-1", "ada", "ada created").await.unwrap();
+    assert_eq!(retry, ran("ada created"));
+}
+
+#[tokio::test]
+async fn a_claim_whose_transaction_rolls_back_leaves_the_id_free() {
+    let pool = service_schema().await;
+    let mut abandoned = pool.begin().await.unwrap();
+    let request = "ada".to_string();
+    let outcome = run(&mut abandoned, METHOD, "req-1", &request, async |tx| {
+        create_thing(tx, &request, "ada created").await
+    })
     .await
     .unwrap();
+    assert_eq!(outcome, ran("ada created"));
+    abandoned.rollback().await.unwrap();
+
+    let retry = call(&pool, "req-1", "ada", "ada created").await.unwrap();
+
+    assert_eq!(
+        retry,
+        ran("ada created"),
+        "the retry must do the work itself"
+    );
+    assert_eq!(things(&pool).await, ["ada"]);
+    assert_eq!(stored(&pool, "req-1").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_call_racing_an_unfinished_one_waits_and_replays_its_response() {
+    let pool = service_schema().await;
+    let (finish, mut finished) = tokio::sync::oneshot::channel::<()>();
+
+    // The first call claims the id and does the work, then holds its transaction open until
+    // told to finish.
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let request = "ada".to_string();
+            let outcome = run(&mut tx, METHOD, "req-1", &request, async |tx| {
+                let created = create_thing(tx, &request, "ada created").await;
+                (&mut finished).await.unwrap();
+                created
+            })
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            outcome
+        }
+    });
+    eventually("the first call has done its work", || {
+        work_done_in_open_transaction(&pool)
+    })
+    .await;
+    let second = tokio::spawn({
+        let pool = pool.clone();
+        async move { call(&pool, "req-1", "ada", "a second ada").await }
+    });
+    eventually("the second call waits on the first one's claim", || async {
+        lock_waiters(&pool).await == 1
+    })
+    .await;
+    finish.send(()).unwrap();
+
+    let (first, second) = (within(first).await.unwrap(), within(second).await.unwrap());
+
+    assert_eq!(first, ran("ada created"));
+    assert_eq!(second.unwrap(), replayed("ada created"));
+    assert_eq!(things(&pool).await, ["ada"], "the work ran once");
+}
+
+#[tokio::test]
+async fn many_identical_concurrent_calls_run_the_work_exactly_once() {
+    let pool = service_schema().await;
+    let runs = AtomicUsize::new(0);
+    let calls = 4 * POOL_SIZE;
+
+    let outcomes = within(futures::future::join_all((0..calls).map(|_| async {
+        let mut tx = pool.begin().await?;
+        let request = "ada".to_string();
+        let outcome = run(&mut tx, METHOD, "req-1", &request, async |tx| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            // Long enough for the other calls to arrive while the claim is open.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            create_thing(tx, &request, "ada created").await
+        })
+        .await?;
+        tx.commit().await?;
+        Ok::<_, ApiError>(outcome)
+    })))
+    .await;
+
+    let outcomes: Vec<_> = outcomes.into_iter().map(Result::unwrap).collect();
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the work ran once");
+    assert_eq!(things(&pool).await, ["ada"]);
+    assert_eq!(outcomes.iter().filter(|o| !o.is_replay()).count(), 1);
+    for outcome in outcomes {
+        assert_eq!(outcome.into_response(), "ada created");
+    }
+}
+
+#[tokio::test]
+async fn an_id_older_than_the_memory_window_counts_as_new() {
+    let pool = service_schema().await;
+    call(&pool, "req-1", "ada", "ada created").await.unwrap();
+    age(&pool, "req-1", one_minute_past_expiry()).await;
+
+    let outcome = call(&pool, "req-1", "grace", "grace created")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        outcome,
+        ran("grace created"),
+        "an expired id must be claimed afresh"
+    );
+    assert_eq!(
+        stored(&pool, "req-1").await,
+        [(hash_of("grace"), Some(encoded("grace created")))]
+    );
+    let fresh: bool =
+        sqlx::query_scalar("SELECT create_time > now() - interval '1 hour' FROM request_ids")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(fresh, "the new claim must restart the memory window");
 }
 
 #[tokio::test]
 async fn an_id_just_inside_the_memory_window_still_replays() {
-    let pool = request_ids_table().await;
-    call(&pool, "req-1", b"create ada", "ada created").await;
+    let pool = service_schema().await;
+    call(&pool, "req-1", "ada", "ada created").await.unwrap();
     age(&pool, "req-1", CONTRACT_MEMORY - Duration::from_secs(60)).await;
 
-    let replayed = call(&pool, "req-1", b"create ada", "a second ada").await;
+    let outcome = call(&pool, "req-1", "ada", "a second ada").await.unwrap();
 
-    assert_eq!(replayed.as_deref(), Some("ada created"));
+    assert_eq!(outcome, replayed("ada created"));
 }
 
 #[tokio::test]
 async fn purging_deletes_only_expired_request_ids() {
-    let pool = request_ids_table().await;
+    let pool = service_schema().await;
     for id in ["fresh", "almost-expired", "expired", "long-expired"] {
-        call(&pool, id, id.as_bytes(), "done").await;
+        call(&pool, id, id, "done").await.unwrap();
     }
     age(
         &pool,
@@ -228,77 +443,15 @@ async fn purging_deletes_only_expired_request_ids() {
     age(&pool, "expired", one_minute_past_expiry()).await;
     age(&pool, "long-expired", CONTRACT_MEMORY * 7).await;
 
-    let purged = purge_expired(&pool, SCHEMA).await.unwrap();
+    let purged = purge_expired(&pool).await.unwrap();
 
     assert_eq!(purged, 2);
-    let left: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT request_id FROM {SCHEMA}.request_ids ORDER BY request_id"
-    ))
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT request_id FROM request_ids ORDER BY request_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(left, ["almost-expired", "fresh"]);
-}
-
-#[tokio::test]
-async fn one_id_claimed_by_two_concurrent_transactions_has_one_winner_and_one_replay() {
-    let pool = request_ids_table().await;
-    let hash = request_hash(b"create ada");
-    let mut winner = pool.begin().await.unwrap();
-    let claimed = replay::<String>(&mut winner, SCHEMA, METHOD, "req-1", &hash)
-        .await
-        .unwrap();
-    assert_eq!(claimed, None, "the first transaction claims the id");
-
-    // The second claim waits on the first transaction's row lock.
-    let second = tokio::spawn({
-        let pool = pool.clone();
-        async move { call(&pool, "req-1", b"create ada", "a second ada").await }
-    });
-    eventually("the second claim waits on the first one's lock", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        waiting == 1
-    })
-    .await;
-    complete(
-        &mut winner,
-        SCHEMA,
-        METHOD,
-        "req-1",
-        &"ada created".to_string(),
-    )
-    .await
-    .unwrap();
-    winner.commit().await.unwrap();
-
-    let replayed = within(second).await.unwrap();
-
-    assert_eq!(replayed.as_deref(), Some("ada created"));
-    let encoded = prost::Message::encode_to_vec(&"ada created".to_string());
-    assert_eq!(stored(&pool, "req-1").await, [(hash, Some(encoded))]);
-}
-
-#[tokio::test]
-async fn a_claim_whose_transaction_rolls_back_leaves_the_id_free() {
-    let pool = request_ids_table().await;
-    let hash = request_hash(b"create ada");
-    let mut abandoned = pool.begin().await.unwrap();
-    let claimed = replay::<String>(&mut abandoned, SCHEMA, METHOD, "req-1", &hash)
-        .await
-        .unwrap();
-    assert_eq!(claimed, None);
-    abandoned.rollback().await.unwrap();
-
-    let replayed = call(&pool, "req-1", b"create ada", "ada created").await;
-
-    assert_eq!(replayed, None, "the retry must do the work itself");
-    assert_eq!(stored(&pool, "req-1").await.len(), 1);
 }
 
 #[test]
