@@ -96,12 +96,14 @@ pub fn module(ctx: &ServiceContext) -> anyhow::Result<ServiceModule> {
         ctx.shutdown.clone(),
     );
     api::spawn_housekeeping(database.pool.clone(), ctx.shutdown.clone());
+    let operations = api::operations(&database.pool);
     let api = api::CustomerApi::new(
         database.pool.clone(),
         cache,
         ctx.page_tokens.clone(),
         changes,
         committed,
+        operations.clone(),
     );
     Ok(ServiceModule {
         name: "customer",
@@ -111,6 +113,7 @@ pub fn module(ctx: &ServiceContext) -> anyhow::Result<ServiceModule> {
         add_routes: Box::new(move |routes| {
             routes.add_service(CustomerServiceServer::new(api));
         }),
+        operations: Some(operations),
     })
 }
 

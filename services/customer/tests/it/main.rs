@@ -15,4 +15,5 @@ mod listing;
 mod merge;
 mod owners;
 mod resilience;
+mod scan;
 mod search;
