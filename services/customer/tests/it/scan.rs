@@ -297,3 +297,43 @@ async fn scans_gets_and_lists_at_four_times_the_pool_size_all_succeed() {
     let done = until_done(&app, &client, &first.name).await;
     assert_eq!(scan_response(&done).scanned_count, 5);
 }
+
+#[tokio::test]
+async fn a_scan_whose_process_died_mid_run_is_resumed_and_finishes() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let first = client
+        .create(person("Ada Lovelace", "+441000000001"))
+        .await
+        .unwrap();
+    let twin = client
+        .create(person("Augusta King", "+441000000001"))
+        .await
+        .unwrap();
+    // What a process that died while scanning leaves behind: RUNNING under an expired lease.
+    let id = uuid::Uuid::now_v7();
+    let request = pb::ScanDuplicateCustomersRequest {
+        min_score: Some(0.85),
+        request_id: String::new(),
+    };
+    sqlx::query(
+        "INSERT INTO customer.operations (id, kind, state, request, requested_by_kind, \
+           requested_by_id, attempts, lease_owner, lease_expire_time) \
+         VALUES ($1, 'customer.scan_duplicates', 'RUNNING', $2, 1, 'test', 1, \
+           gen_random_uuid(), now() - interval '1 second')",
+    )
+    .bind(id)
+    .bind(request.encode_to_vec())
+    .execute(&app.pool().await)
+    .await
+    .unwrap();
+
+    let done = until_done(&app, &client, &format!("operations/{id}")).await;
+
+    let groups: Vec<Vec<String>> = scan_response(&done)
+        .groups
+        .into_iter()
+        .map(|g| g.customer_ids)
+        .collect();
+    assert_eq!(groups, [vec![first.id, twin.id]]);
+}
