@@ -9,6 +9,7 @@ mod gdpr;
 mod history;
 mod interactions;
 mod merge;
+mod scan;
 mod search;
 
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use crm_platform::cache::{Cache, Keyspace, Versioned};
 use crm_platform::filter::{self, EnumDef, FieldType, FilterSchema};
 use crm_platform::idempotency;
+use crm_platform::operations::{OnRestart, OperationStore};
 use crm_platform::page_token::PageTokenCodec;
 use crm_platform::{ApiError, FieldViolations};
 use crm_proto::crm::common::v1::ChangeType;
@@ -99,6 +101,17 @@ pub struct CustomerApi {
     page_tokens: PageTokenCodec,
     changes: watch::Receiver<u64>,
     committed: Arc<tokio::sync::Notify>,
+    operations: OperationStore,
+}
+
+/// The service's long-running operations and their handlers.
+pub fn operations(db: &PgPool) -> OperationStore {
+    let scan_db = db.clone();
+    OperationStore::new("customer", db.clone()).handler(
+        scan::SCAN_KIND,
+        OnRestart::Resume,
+        move |ctx| scan::run_scan(scan_db.clone(), ctx),
+    )
 }
 
 /// One customer's part of a write: the row as stored afterwards and what the feed says about it.
@@ -148,13 +161,15 @@ fn caller<T>(request: &Request<T>) -> Principal {
 
 impl CustomerApi {
     /// A service over `db`, caching through `cache`. Feed readers are woken through `changes`;
-    /// `committed` is told after every commit that appended to the feed.
+    /// `committed` is told after every commit that appended to the feed; long work is started
+    /// as `operations` (see [`operations`]).
     pub fn new(
         db: PgPool,
         cache: Cache,
         page_tokens: PageTokenCodec,
         changes: watch::Receiver<u64>,
         committed: Arc<tokio::sync::Notify>,
+        operations: OperationStore,
     ) -> Self {
         Self {
             db,
@@ -162,6 +177,7 @@ impl CustomerApi {
             page_tokens,
             changes,
             committed,
+            operations,
         }
     }
 
@@ -445,7 +461,8 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ScanDuplicateCustomersRequest>,
     ) -> Result<Response<Operation>, Status> {
-        ok(self.start_scan(request.into_inner()).await)
+        let requested_by = crm_platform::auth::Principal::caller_of(&request);
+        ok(self.start_scan(request.into_inner(), &requested_by).await)
     }
 
     async fn record_consent(

@@ -45,12 +45,14 @@ pub fn module(ctx: &ServiceContext) -> anyhow::Result<ServiceModule> {
         ctx.shutdown.clone(),
     );
     api::spawn_housekeeping(database.pool.clone(), ctx.shutdown.clone());
+    let operations = api::operations(&database.pool);
     let api = api::CustomerApi::new(
         database.pool.clone(),
         cache,
         ctx.page_tokens.clone(),
         changes,
         committed,
+        operations.clone(),
     );
     Ok(ServiceModule {
         name: "customer",
@@ -59,5 +61,6 @@ pub fn module(ctx: &ServiceContext) -> anyhow::Result<ServiceModule> {
         add_routes: Box::new(move |routes| {
             routes.add_service(CustomerServiceServer::new(api));
         }),
+        operations: Some(operations),
     })
 }

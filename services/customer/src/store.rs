@@ -16,10 +16,12 @@ use crate::error::Result;
 mod history;
 mod interactions;
 mod merges;
+mod scan;
 
 pub use history::{FieldChangeRow, field_changes, insert_field_changes};
 pub use interactions::{INTERACTION_COLUMNS, InteractionRow, all_interactions, insert_interaction};
 pub use merges::{MergePage, insert_merge, merge_records, merges_page};
+pub use scan::{active_after, count_active};
 
 /// Every column of `customer.customers` a read needs.
 pub const CUSTOMER_COLUMNS: &str = "c.id, c.version, c.state, c.display_name, c.email, \

@@ -13,6 +13,7 @@ pub mod error;
 pub mod filter;
 pub mod idempotency;
 pub mod middleware;
+pub mod operations;
 pub mod page_token;
 pub mod paging;
 pub mod server;

@@ -292,7 +292,7 @@ where
 }
 
 /// The deadline a caller asked for in `grpc-timeout` (`None` when absent or malformed).
-fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let unit_at = value.len().checked_sub(1)?;
     let (amount, unit) = value.split_at(unit_at);

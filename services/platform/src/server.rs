@@ -17,6 +17,9 @@ use crate::auth::{AuthPolicy, ContractScopes};
 use crate::config::Config;
 use crate::db::Database;
 use crate::middleware::{AuthLayer, DeadlineLayer, ObservabilityLayer, RunToCompletionLayer};
+use crate::operations::{
+    OPERATIONS_GRPC_SERVICE, OperationStore, OperationsService,
+};
 use crate::page_token::PageTokenCodec;
 
 /// How often readiness (database reachable and migrated) is re-checked.
@@ -62,6 +65,9 @@ pub struct ServiceModule {
     pub database: Database,
     /// Adds the service's gRPC routes.
     pub add_routes: Box<dyn FnOnce(&mut RoutesBuilder) + Send>,
+    /// The service's long-running operations, if it has any: [`serve`] runs their workers and
+    /// serves them through the process's one `google.longrunning.Operations`.
+    pub operations: Option<OperationStore>,
 }
 
 impl std::fmt::Debug for ServiceModule {
@@ -104,6 +110,10 @@ pub async fn serve(
     }
     let services: Vec<&str> = modules.iter().map(|m| m.grpc_service).collect();
     let scopes = ContractScopes::for_services(&services).context("refusing to serve")?;
+    let operation_stores: Vec<OperationStore> = modules
+        .iter()
+        .filter_map(|m| m.operations.clone())
+        .collect();
     let policy = AuthPolicy::new(
         jwt_secret,
         &config.auth.issuer,
@@ -140,6 +150,11 @@ pub async fn serve(
         (module.add_routes)(&mut routes);
         databases.push((module.grpc_service, module.database));
         names.push(module.name);
+    }
+    if !operation_stores.is_empty() {
+        reflection_v1 = reflection_v1.with_service_name(OPERATIONS_GRPC_SERVICE);
+        reflection_v1alpha = reflection_v1alpha.with_service_name(OPERATIONS_GRPC_SERVICE);
+        add_operations(config, &mut routes, operation_stores, &shutdown);
     }
     routes.add_service(health_service);
     routes.add_service(reflection_v1.build_v1().context("building reflection v1")?);
@@ -213,6 +228,25 @@ pub async fn serve(
         );
         Err(DrainCut { grace }.into())
     }
+}
+
+/// Runs the workers of every store and serves them all through one
+/// `google.longrunning.Operations`, which finds an operation's service by asking each store.
+fn add_operations(
+    config: &Config,
+    routes: &mut RoutesBuilder,
+    stores: Vec<OperationStore>,
+    shutdown: &CancellationToken,
+) {
+    for store in &stores {
+        store.spawn_workers(shutdown);
+    }
+    let page_tokens = PageTokenCodec::new(config.page_token_secret().as_bytes());
+    routes.add_service(
+        crm_proto::google::longrunning::operations_server::OperationsServer::new(
+            OperationsService::new(stores, page_tokens, config.default_timeout()),
+        ),
+    );
 }
 
 /// Turns the overall status; per-service statuses follow from `watch_readiness`, which sees

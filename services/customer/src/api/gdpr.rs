@@ -1,10 +1,10 @@
 //! GDPR: this service's part of an erasure or an export (EraseServiceCustomerData,
 //! ExportServiceCustomerData), and the suite-wide operations (EraseCustomer,
-//! ExportCustomerData) and the bulk duplicate scan, which run as long-running operations.
+//! ExportCustomerData), which run as long-running operations.
 //!
-//! The operations runner is a later piece of work. Until it is deployed, the three operations
-//! validate their request exactly as they will (so callers get the right INVALID_ARGUMENT or
-//! NOT_FOUND) and then answer UNIMPLEMENTED, rather than starting an operation nothing runs.
+//! Until those two run as operations, they validate their request exactly as they will (so
+//! callers get the right INVALID_ARGUMENT or NOT_FOUND) and then answer UNIMPLEMENTED, rather
+//! than starting an operation nothing runs.
 
 use chrono::Utc;
 use crm_platform::filter::SqlFilter;
@@ -126,22 +126,5 @@ impl CustomerApi {
         let mut conn = self.db.acquire().await?;
         self.ensure_exists(&mut conn, id).await?;
         Err(not_deployed("ExportCustomerData"))
-    }
-
-    /// ScanDuplicateCustomers: validated, then UNIMPLEMENTED until the operations runner is
-    /// deployed.
-    pub(super) async fn start_scan(
-        &self,
-        req: pb::ScanDuplicateCustomersRequest,
-    ) -> Result<Operation> {
-        let mut v = FieldViolations::new();
-        if let Some(score) = req.min_score
-            && !(0.0..=1.0).contains(&score)
-        {
-            v.add("min_score", "must be between 0 and 1");
-        }
-        v.into_result()?;
-        idempotency::validate_request_id("request_id", &req.request_id)?;
-        Err(not_deployed("ScanDuplicateCustomers"))
     }
 }

@@ -1,7 +1,6 @@
 //! GDPR: EraseServiceCustomerData and ExportServiceCustomerData (this service's part), and the
-//! suite-wide EraseCustomer and ExportCustomerData operations and the ScanDuplicateCustomers
-//! operation, which validate their request and then answer UNIMPLEMENTED until the operations
-//! runner is deployed.
+//! suite-wide EraseCustomer and ExportCustomerData operations, which validate their request and
+//! then answer UNIMPLEMENTED until they run as operations (the duplicate scan does: `scan.rs`).
 
 use crate::common::{
     Client, ada, assert_error, assert_invalid, consent, principal, spawn_app, test_user,
@@ -536,36 +535,4 @@ async fn erase_and_export_operations_validate_their_request_first() {
     let nothing = start_operation(&client, "EraseCustomer", "", "").await;
     assert_invalid(&no_reason, &["reason"]);
     assert_invalid(&nothing, &["id", "reason"]);
-}
-
-#[tokio::test]
-async fn the_duplicate_scan_validates_its_request_and_is_unimplemented_until_the_runner_is_deployed()
- {
-    let app = spawn_app().await;
-    let client = app.client().await;
-    let scan = |min_score: Option<f64>, request_id: String| {
-        let mut inner = client.inner.clone();
-        let request = client.request(pb::ScanDuplicateCustomersRequest {
-            min_score,
-            request_id,
-        });
-        async move { inner.scan_duplicate_customers(request).await.unwrap_err() }
-    };
-
-    let valid = scan(Some(0.9), "scan-1".into()).await;
-    let defaulted = scan(None, String::new()).await;
-    let above_one = scan(Some(1.5), String::new()).await;
-    let negative = scan(Some(-0.1), String::new()).await;
-    let long_request_id = scan(None, "r".repeat(101)).await;
-
-    for status in [valid, defaulted] {
-        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-        assert!(
-            status.message().contains("ScanDuplicateCustomers"),
-            "{status:?}"
-        );
-    }
-    assert_invalid(&above_one, &["min_score"]);
-    assert_invalid(&negative, &["min_score"]);
-    assert_invalid(&long_request_id, &["request_id"]);
 }

@@ -16,4 +16,5 @@ mod merge;
 mod owners;
 mod request_ids;
 mod resilience;
+mod scan;
 mod search;

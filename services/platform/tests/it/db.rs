@@ -165,6 +165,7 @@ async fn the_health_check_says_not_serving_until_the_schema_is_migrated() {
         grpc_service: SERVICE,
         database: database(&url, migrator(2)),
         add_routes: Box::new(|_| {}),
+        operations: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -8,4 +8,5 @@ mod db;
 mod filter_sql;
 mod idempotency;
 mod scopes;
+mod operations;
 mod support;
