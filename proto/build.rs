@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Read at run time, not baked in with env!: a build script compiled in one checkout is
+    // reused by another sharing the target directory, and must compile that one's protos.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let mut protos = Vec::new();
     collect_protos(&root.join("crm"), &mut protos)?;
     protos.sort();
