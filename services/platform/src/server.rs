@@ -17,9 +17,7 @@ use crate::auth::{AuthPolicy, ContractScopes};
 use crate::config::Config;
 use crate::db::Database;
 use crate::middleware::{AuthLayer, DeadlineLayer, ObservabilityLayer, RunToCompletionLayer};
-use crate::operations::{
-    OPERATIONS_GRPC_SERVICE, OperationStore, OperationsService,
-};
+use crate::operations::{OPERATIONS_GRPC_SERVICE, OperationStore, OperationsService};
 use crate::page_token::PageTokenCodec;
 
 /// How often readiness (database reachable and migrated) is re-checked.

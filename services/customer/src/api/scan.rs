@@ -10,12 +10,10 @@ use crm_proto::crm::common::v1::Principal as CommonPrincipal;
 use crm_proto::crm::customer::v1 as pb;
 use crm_proto::google::longrunning::Operation;
 use crm_proto::google::rpc;
-use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::CustomerApi;
-use crate::SCHEMA;
 use crate::error::{Error, Result};
 use crate::store;
 
@@ -51,20 +49,28 @@ impl CustomerApi {
         }
         v.into_result()?;
         idempotency::validate_request_id("request_id", &req.request_id)?;
-        let hash = idempotency::request_hash(&req.encode_to_vec());
         let mut tx = self.begin().await?;
-        if let Some(started) =
-            idempotency::replay::<Operation>(&mut tx, SCHEMA, METHOD, &req.request_id, &hash)
-                .await?
-        {
-            drop(tx);
-            return self.current(started).await;
-        }
-        let operation = self
-            .operations
-            .start(&mut tx, SCAN_KIND, &req, requested_by)
-            .await?;
-        idempotency::complete(&mut tx, SCHEMA, METHOD, &req.request_id, &operation).await?;
+        let outcome = idempotency::run(
+            &mut tx,
+            METHOD,
+            &req.request_id,
+            &req,
+            async |conn| -> Result<(Operation, ())> {
+                let operation = self
+                    .operations
+                    .start(conn, SCAN_KIND, &req, requested_by)
+                    .await?;
+                Ok((operation, ()))
+            },
+        )
+        .await?;
+        let operation = match outcome {
+            idempotency::Outcome::Replayed(started) => {
+                drop(tx);
+                return self.current(started).await;
+            }
+            idempotency::Outcome::Ran(operation, ()) => operation,
+        };
         tx.commit().await?;
         self.operations.wake();
         Ok(operation)

@@ -7,6 +7,6 @@ mod contract_filters;
 mod db;
 mod filter_sql;
 mod idempotency;
-mod scopes;
 mod operations;
+mod scopes;
 mod support;

@@ -91,6 +91,7 @@ async fn serve_refuses_a_service_whose_methods_declare_no_scope_naming_it() {
         name: "unscoped",
         grpc_service: UNSCOPED,
         database: Database::connect_lazy(&config.database, "unscoped", migrator).unwrap(),
+        operations: None,
         add_routes: Box::new(|_| {}),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
