@@ -90,7 +90,7 @@ impl Feed {
         &self,
         resource_type: &'static str,
         req: WatchRequest<'_>,
-    ) -> Result<impl Stream<Item = Result<ChangeEvent, Status>> + Send + 'static, ApiError> {
+    ) -> Result<impl Stream<Item = Result<ChangeEvent, Status>> + Send + use<>, ApiError> {
         let mut v = FieldViolations::new();
         let types = change_types(req.change_types, &mut v);
         let start = if !req.resume_token.is_empty() {
@@ -287,7 +287,7 @@ impl Feed {
         &self,
         after: i64,
         filter: Filter,
-    ) -> impl Stream<Item = Result<ChangeEvent, Status>> + Send + 'static {
+    ) -> impl Stream<Item = Result<ChangeEvent, Status>> + Send + use<> {
         let (tx, rx) = mpsc::channel(BUFFER);
         let reader = Reader {
             db: self.db.clone(),
