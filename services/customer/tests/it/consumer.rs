@@ -165,13 +165,14 @@ async fn write_two_events(client: &Client) -> String {
 #[tokio::test]
 async fn a_consumer_receives_every_change_at_least_once_in_order() {
     let app = spawn_app().await;
-    let producer: Producer = Arc::new(Mutex::new(app.client().await));
+    let client = app.client().await;
+    let producer: Producer = Arc::new(Mutex::new(client.clone()));
     let database = consumer_database(&app).await;
     let recorder = Recorder::default();
     let consumer = start(&database, &producer, recorder.clone());
 
     for _ in 0..3 {
-        write_two_events(&producer.lock().unwrap().clone()).await;
+        write_two_events(&client).await;
     }
 
     let expected = feed_tokens(&app).await;
@@ -230,11 +231,12 @@ async fn a_restarted_consumer_resumes_from_its_checkpoint_without_a_resync() {
 #[tokio::test]
 async fn a_consumer_follows_the_producer_across_its_restart() {
     let app = spawn_app().await;
-    let producer: Producer = Arc::new(Mutex::new(app.client().await));
+    let client = app.client().await;
+    let producer: Producer = Arc::new(Mutex::new(client.clone()));
     let database = consumer_database(&app).await;
     let recorder = Recorder::default();
     let consumer = start(&database, &producer, recorder.clone());
-    write_two_events(&producer.lock().unwrap().clone()).await;
+    write_two_events(&client).await;
     let before = feed_tokens(&app).await;
     until("the events before the restart handled", || {
         recorder.seen(|s| before.iter().all(|t| s.handled.contains(t)))
