@@ -131,16 +131,15 @@ impl Feed {
                 }
             }
             Start::At(time) => {
-                let seq: Option<i64> = sqlx::query_scalar(&format!(
-                    "SELECT min(seq) - 1 FROM {table} WHERE change_time >= $1"
+                // One statement, one snapshot: an event committed between a first look for
+                // events since `time` and a second look for the end would be skipped.
+                Ok(sqlx::query_scalar(&format!(
+                    "SELECT coalesce((SELECT min(seq) - 1 FROM {table} WHERE change_time >= $1), \
+                       (SELECT max(seq) FROM {table}), 0)"
                 ))
                 .bind(time)
                 .fetch_one(&self.db)
-                .await?;
-                match seq {
-                    Some(seq) => Ok(seq),
-                    None => self.end().await,
-                }
+                .await?)
             }
             Start::End => self.end().await,
         }
