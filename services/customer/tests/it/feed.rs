@@ -552,3 +552,25 @@ async fn an_unspecified_or_unknown_change_type_is_invalid_naming_its_index() {
 
     assert_invalid(&status, &["change_types[1]", "change_types[2]"]);
 }
+
+#[tokio::test]
+async fn four_times_the_pool_size_of_concurrent_watches_all_open_and_see_the_next_change() {
+    const WATCHES: usize = 4 * 10; // database.max_connections defaults to 10
+    let app = spawn_app().await;
+    let client = app.client().await;
+
+    let opened = futures::future::join_all((0..WATCHES).map(|_| watch(&client, "", None))).await;
+    let created = client.create(ada()).await.unwrap();
+
+    let mut feeds: Vec<Feed> = opened.into_iter().map(|f| f.unwrap()).collect();
+    let events = futures::future::join_all(
+        feeds
+            .iter_mut()
+            .map(|feed| async move { next_event(feed).await }),
+    )
+    .await;
+    assert_eq!(events.len(), WATCHES);
+    for event in &events {
+        assert_event(event, ChangeType::Created, &created);
+    }
+}
