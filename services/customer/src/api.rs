@@ -13,11 +13,11 @@ mod scan;
 mod search;
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use crm_platform::cache::{Cache, Keyspace, Versioned};
+use crm_platform::feed::{self, Feed};
 use crm_platform::filter::{self, EnumDef, FieldType, FilterSchema};
 use crm_platform::idempotency;
 use crm_platform::operations::{OnRestart, OperationStore};
@@ -29,13 +29,13 @@ use crm_proto::crm::customer::v1::customer_service_server::CustomerService;
 use crm_proto::google::longrunning::Operation;
 use futures::Stream;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
-use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use crate::SCHEMA;
 use crate::domain::{CUSTOMER_STATES, LIFECYCLE_STAGES, PRINCIPAL_KIND, Principal};
 use crate::error::{Error, Result};
-use crate::store::{self, ChangeRecord, CustomerRow};
+use crate::store::{self, CustomerRow};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -99,8 +99,7 @@ pub struct CustomerApi {
     db: PgPool,
     cache: Cache,
     page_tokens: PageTokenCodec,
-    changes: watch::Receiver<u64>,
-    committed: Arc<tokio::sync::Notify>,
+    feed: Feed,
     operations: OperationStore,
 }
 
@@ -160,23 +159,20 @@ fn caller<T>(request: &Request<T>) -> Principal {
 }
 
 impl CustomerApi {
-    /// A service over `db`, caching through `cache`. Feed readers are woken through `changes`;
-    /// `committed` is told after every commit that appended to the feed; long work is started
-    /// as `operations` (see [`operations`]).
+    /// A service over `db`, caching through `cache`, publishing its changes on `feed` and
+    /// starting long work as `operations` (see [`operations`]).
     pub fn new(
         db: PgPool,
         cache: Cache,
         page_tokens: PageTokenCodec,
-        changes: watch::Receiver<u64>,
-        committed: Arc<tokio::sync::Notify>,
+        feed: Feed,
         operations: OperationStore,
     ) -> Self {
         Self {
             db,
             cache,
             page_tokens,
-            changes,
-            committed,
+            feed,
             operations,
         }
     }
@@ -238,19 +234,20 @@ impl CustomerApi {
         } else {
             store::to_protos(&mut tx, &rows).await?
         };
+        let actor = actor.to_proto();
         for (customer, write) in customers.iter().zip(writes) {
-            let change = ChangeRecord {
-                row: &write.row,
-                change_type: write.change,
-                merged_into: write.merged_into,
-                changed_paths: &write.changed_paths,
-                snapshot: (write.change != ChangeType::Erased).then_some(customer),
-                actor,
-            };
-            store::append_change(&mut tx, &change).await?;
+            let change = crate::feed::new_change(
+                &write.row,
+                write.change,
+                write.merged_into,
+                &write.changed_paths,
+                customer,
+                &actor,
+            );
+            feed::append(&mut tx, SCHEMA, &change).await?;
         }
         tx.commit().await?;
-        self.committed.notify_one();
+        self.feed.committed();
         for (customer, write) in customers.iter().zip(writes) {
             let (key, version) = (CUSTOMERS.key(write.row.id), write.row.version);
             if write.change == ChangeType::Created {
@@ -520,20 +517,13 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::WatchCustomerChangesRequest>,
     ) -> Result<Response<Self::WatchCustomerChangesStream>, Status> {
-        let req = request.into_inner();
-        let types = crate::feed::change_types(&req)?;
-        let start = crate::feed::start_position(&self.db, &req).await?;
-        Ok(Response::new(Box::pin(crate::feed::stream(
-            self.db.clone(),
-            self.changes.clone(),
-            start,
-            types,
-        ))))
+        let events = crate::feed::watch(&self.feed, request.get_ref()).await?;
+        Ok(Response::new(Box::pin(events)))
     }
 }
 
-/// Housekeeping every 10 minutes until shutdown: deletes request ids past their 24 hours and
-/// change-feed events past their 30 days.
+/// Housekeeping every 10 minutes until shutdown: deletes request ids past their 24 hours
+/// (the feed purges its own events).
 pub(crate) fn spawn_housekeeping(db: PgPool, shutdown: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {
         loop {
@@ -545,11 +535,6 @@ pub(crate) fn spawn_housekeeping(db: PgPool, shutdown: tokio_util::sync::Cancell
                 Ok(n) if n > 0 => tracing::info!(purged = n, "expired request ids deleted"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "purging request ids failed"),
-            }
-            match store::purge_changes_before(&db, crate::feed::RETENTION).await {
-                Ok(n) if n > 0 => tracing::info!(purged = n, "expired change events deleted"),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "purging change events failed"),
             }
         }
     });

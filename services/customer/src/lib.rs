@@ -36,22 +36,14 @@ pub fn module(ctx: &ServiceContext) -> anyhow::Result<ServiceModule> {
     let database = database(&ctx.config)?;
     let cache = Cache::new(SCHEMA, &ctx.config.redis, &ctx.config.cache)?;
     cache.spawn_invalidation_listener(ctx.shutdown.clone());
-    let (notify, changes) = tokio::sync::watch::channel(0u64);
-    feed::spawn_listener(database.pool.clone(), notify, ctx.shutdown.clone());
-    let committed = std::sync::Arc::new(tokio::sync::Notify::new());
-    feed::spawn_notifier(
-        database.pool.clone(),
-        committed.clone(),
-        ctx.shutdown.clone(),
-    );
+    let feed = crm_platform::feed::Feed::start(&database, &ctx.shutdown);
     api::spawn_housekeeping(database.pool.clone(), ctx.shutdown.clone());
     let operations = api::operations(&database.pool);
     let api = api::CustomerApi::new(
         database.pool.clone(),
         cache,
         ctx.page_tokens.clone(),
-        changes,
-        committed,
+        feed,
         operations.clone(),
     );
     Ok(ServiceModule {

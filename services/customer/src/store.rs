@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::domain::consent::ValidConsent;
 use crate::domain::{self, Address, Attributes, ContactPoint, CustomerFields, Principal};
 use crate::error::Result;
+use crate::feed::RESOURCE_TYPE;
 
 mod history;
 mod interactions;
@@ -282,10 +283,8 @@ pub async fn erase(conn: &mut PgConnection, id: Uuid, actor: &Principal) -> Resu
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE customer.changes SET snapshot = NULL WHERE customer_id = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    let id_text = id.to_string();
+    crm_platform::feed::erase_snapshots(&mut *conn, crate::SCHEMA, RESOURCE_TYPE, &id_text).await?;
     let sql = format!(
         "UPDATE customer.customers AS c SET state = 'ERASED', display_name = NULL, email = NULL, \
            given_name = NULL, family_name = NULL, phone = NULL, company_name = NULL, \
@@ -434,44 +433,6 @@ pub async fn consent_history(
         .collect())
 }
 
-/// One change to one customer, as the feed keeps it.
-#[derive(Debug)]
-pub struct ChangeRecord<'a> {
-    /// The customer as stored after the change.
-    pub row: &'a CustomerRow,
-    /// What happened.
-    pub change_type: crm_proto::crm::common::v1::ChangeType,
-    /// The survivor, for MERGED.
-    pub merged_into: Option<Uuid>,
-    /// Update-mask paths the change touched (UPDATED only).
-    pub changed_paths: &'a [String],
-    /// The customer right after the change; `None` for ERASED.
-    pub snapshot: Option<&'a pb::Customer>,
-    /// Who made the change.
-    pub actor: &'a Principal,
-}
-
-/// Appends a change event. Call it last, just before commit, so the sequence number is taken
-/// as late as possible (the feed reader waits for lower numbers still in flight).
-pub async fn append_change(conn: &mut PgConnection, change: &ChangeRecord<'_>) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO customer.changes (customer_id, change_type, merged_into_id, snapshot, \
-           version, changed_paths, actor_kind, actor_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(change.row.id)
-    .bind(change.change_type.as_str_name())
-    .bind(change.merged_into)
-    .bind(change.snapshot.map(prost::Message::encode_to_vec))
-    .bind(change.row.version)
-    .bind(change.changed_paths)
-    .bind(change.actor.kind)
-    .bind(&change.actor.id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Moves the interactions and consent history of `from` customers to `to` (a merge).
 pub async fn reassign_history(conn: &mut PgConnection, to: Uuid, from: &[Uuid]) -> Result<()> {
     for table in ["interactions", "consents"] {
@@ -576,15 +537,4 @@ pub async fn duplicate_candidates(
         .bind(&me.phone)
         .fetch_all(conn)
         .await?)
-}
-
-/// Deletes change-feed events older than `age`; returns how many.
-pub async fn purge_changes_before(db: &sqlx::PgPool, age: std::time::Duration) -> Result<u64> {
-    let done = sqlx::query(
-        "DELETE FROM customer.changes WHERE change_time < now() - make_interval(secs => $1)",
-    )
-    .bind(age.as_secs_f64())
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
 }

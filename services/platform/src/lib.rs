@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod feed;
 pub mod filter;
 pub mod idempotency;
 pub mod middleware;

@@ -358,7 +358,7 @@ impl Fixture {
         let pool = app.pool().await;
         for (table, expected) in [
             ("customer.customers", 2),
-            ("customer.changes", 2),
+            ("customer.change_events", 2),
             ("customer.consents", 0),
             ("customer.interactions", 0),
             ("customer.merges", 0),

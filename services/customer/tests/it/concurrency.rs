@@ -823,12 +823,13 @@ async fn assert_whole_or_nothing(pool: &PgPool, id: &str, new_name: &str) {
             .fetch_one(pool)
             .await
             .unwrap();
-    let changes: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM customer.changes WHERE customer_id = $1")
-            .bind(id)
-            .fetch_one(pool)
-            .await
-            .unwrap();
+    let changes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customer.change_events WHERE resource_id::uuid = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
     let renamed = name == new_name;
     assert_eq!(
         (version, changes),

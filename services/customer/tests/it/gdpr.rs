@@ -185,11 +185,12 @@ async fn erase_removes_personal_data_but_keeps_a_tombstone() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    let snapshots: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM customer.changes WHERE snapshot IS NOT NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let snapshots: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customer.change_events WHERE snapshot IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!((leftovers, snapshots), (0, 0));
 }
 

@@ -5,6 +5,7 @@
 mod cache;
 mod contract_filters;
 mod db;
+mod feed;
 mod filter_sql;
 mod idempotency;
 mod operations;
