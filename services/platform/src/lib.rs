@@ -12,9 +12,9 @@ pub mod db;
 pub mod error;
 pub mod filter;
 pub mod idempotency;
+pub mod list;
 pub mod middleware;
 pub mod page_token;
-pub mod paging;
 pub mod server;
 pub mod telemetry;
 

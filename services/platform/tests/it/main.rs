@@ -7,4 +7,5 @@ mod contract_filters;
 mod db;
 mod filter_sql;
 mod idempotency;
+mod list;
 mod support;

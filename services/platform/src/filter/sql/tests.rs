@@ -39,8 +39,25 @@ fn schema() -> FilterSchema {
         .field("skills.name", FieldType::TextArray, "c.skill_names")
 }
 
-fn compile(filter: &str) -> Result<SqlFilter, FilterError> {
-    to_sql(&parse(filter)?, &schema(), 1)
+/// A compiled filter as PostgreSQL receives it: the SQL with the placeholders a `QueryBuilder`
+/// numbered, and the values bound to them, in order.
+#[derive(Debug)]
+struct Rendered {
+    sql: String,
+    params: Vec<SqlValue>,
+}
+
+fn render(filter: &SqlFilter) -> Rendered {
+    let mut builder = QueryBuilder::<Postgres>::new("");
+    filter.push_to(&mut builder);
+    Rendered {
+        sql: builder.sql().to_owned(),
+        params: filter.params().cloned().collect(),
+    }
+}
+
+fn compile(filter: &str) -> Result<Rendered, FilterError> {
+    Ok(render(&to_sql(&parse(filter)?, &schema())?))
 }
 
 fn compile_error(filter: &str) -> FilterError {
@@ -74,7 +91,7 @@ fn restriction(field: &str, op: CompareOp, value: &str) -> Expr {
 
 #[test]
 fn the_empty_filter_compiles_to_true_without_parameters() {
-    let compiled = to_sql(&Expr::True, &schema(), 1).unwrap();
+    let compiled = render(&to_sql(&Expr::True, &schema()).unwrap());
 
     assert_eq!(compiled.sql, "TRUE");
     assert!(compiled.params.is_empty());
@@ -121,22 +138,36 @@ fn a_minus_directly_before_a_number_makes_it_negative() {
 }
 
 #[test]
-fn placeholders_are_numbered_from_the_first_param() {
-    let expr = parse("display_name = Ann AND lifetime_orders = 3").unwrap();
+fn placeholders_continue_after_the_values_the_query_already_binds() {
+    let filter = to_sql(
+        &parse("display_name = Ann AND lifetime_orders = 3").unwrap(),
+        &schema(),
+    )
+    .unwrap();
+    let mut builder = QueryBuilder::<Postgres>::new("SELECT c.id FROM c WHERE c.score > ");
+    builder.push_bind(0.5_f64).push(" AND ");
 
-    let compiled = to_sql(&expr, &schema(), 4).unwrap();
+    filter.push_to(&mut builder);
 
     assert_eq!(
-        compiled.sql,
-        "((c.display_name = $4) AND (c.lifetime_orders = $5))"
+        builder.sql(),
+        "SELECT c.id FROM c WHERE c.score > $1 AND ((c.display_name = $2) AND (c.lifetime_orders = $3))"
     );
+}
+
+#[test]
+fn everything_is_true_and_binds_nothing() {
+    let rendered = render(&SqlFilter::everything());
+
+    assert_eq!(rendered.sql, "TRUE");
+    assert!(rendered.params.is_empty());
 }
 
 #[test]
 fn hand_built_empty_groups_compile_to_their_identity() {
     let expr = Expr::Or(vec![Expr::And(vec![]), Expr::Or(vec![])]);
 
-    let compiled = to_sql(&expr, &schema(), 1).unwrap();
+    let compiled = render(&to_sql(&expr, &schema()).unwrap());
 
     assert_eq!(compiled.sql, "(TRUE OR FALSE)");
 }
@@ -145,7 +176,7 @@ fn hand_built_empty_groups_compile_to_their_identity() {
 fn a_hand_built_expression_compiles_like_a_parsed_one() {
     let expr = Expr::Not(Box::new(restriction("is_vip", CompareOp::Eq, "true")));
 
-    let compiled = to_sql(&expr, &schema(), 1).unwrap();
+    let compiled = render(&to_sql(&expr, &schema()).unwrap());
 
     assert_eq!(compiled.sql, "(NOT (c.is_vip = $1))");
 }
@@ -658,9 +689,12 @@ fn attribute_numbers_compare_numerically_only_against_json_numbers() {
     assert_eq!(
         compiled.sql,
         "(CASE WHEN jsonb_typeof(c.custom_attributes -> $1) = 'number' \
-         THEN (c.custom_attributes ->> $1)::numeric END > $2)"
+         THEN (c.custom_attributes ->> $2)::numeric END > $3)"
     );
-    assert_eq!(compiled.params, [text("seats"), SqlValue::Int(10)]);
+    assert_eq!(
+        compiled.params,
+        [text("seats"), text("seats"), SqlValue::Int(10)]
+    );
 }
 
 #[test]
@@ -671,9 +705,12 @@ fn attribute_booleans_compare_as_booleans_and_quoted_ones_as_text() {
     assert_eq!(
         boolean.sql,
         "(CASE WHEN jsonb_typeof(c.custom_attributes -> $1) = 'boolean' \
-         THEN (c.custom_attributes ->> $1)::boolean END = $2)"
+         THEN (c.custom_attributes ->> $2)::boolean END = $3)"
     );
-    assert_eq!(boolean.params, [text("trial"), SqlValue::Bool(false)]);
+    assert_eq!(
+        boolean.params,
+        [text("trial"), text("trial"), SqlValue::Bool(false)]
+    );
     assert_eq!(quoted.sql, "((c.custom_attributes ->> $1) = $2)");
 }
 
@@ -772,14 +809,16 @@ fn random_garbage_never_panics_and_errors_point_inside_the_input() {
             .collect();
         let input_chars = input.chars().count();
 
-        let outcome = parse(&input).and_then(|expr| to_sql(&expr, &schema, 1));
+        let outcome = parse(&input).and_then(|expr| to_sql(&expr, &schema));
         let order_by = parse_order_by(&input, &["display_name", "create_time"]);
 
         match outcome {
             Ok(filter) => {
                 compiled_ok += 1;
-                let placeholders = filter.sql.matches('$').count();
-                assert!(placeholders >= filter.params.len(), "{input:?}");
+                let rendered = render(&filter);
+                // Caller input never reaches the SQL text: every '$' is a placeholder.
+                let placeholders = rendered.sql.matches('$').count();
+                assert_eq!(placeholders, rendered.params.len(), "{input:?}");
             }
             Err(error) => assert!(error.position <= input_chars, "{input:?}: {error}"),
         }
