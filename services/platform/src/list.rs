@@ -14,6 +14,31 @@
 //!    ORDER BY <keys>, <id> LIMIT <page size + 1>`, built with `QueryBuilder::push_bind`, and
 //!    returns the page and the token of the next one (empty after the last).
 //!
+//! ```ignore
+//! static INTERACTIONS: LazyLock<ListSchema> = LazyLock::new(|| {
+//!     ListSchema::new("ListInteractions", "i.id, i.subject, i.occur_time", "i.id", KeyType::Uuid)
+//!         .filter(FilterSchema::new().field("occur_time", FieldType::Timestamp, "i.occur_time"))
+//!         .order_key("occur_time", "i.occur_time", KeyType::Timestamp)
+//!         .default_order("occur_time desc")
+//! });
+//!
+//! let list = INTERACTIONS.prepare(&tokens, &ListRequest {
+//!     page_size: req.page_size,
+//!     page_token: &req.page_token,
+//!     filter: &req.filter,
+//!     scope: &[&req.customer_id],
+//!     ..ListRequest::default()
+//! })?;
+//! let mut conn = pool.acquire().await?;
+//! let page: Page<InteractionRow> = list
+//!     .fetch(
+//!         &mut conn,
+//!         |sql| { sql.push("customer.interactions i"); },
+//!         |sql| { sql.push("i.customer_id = ").push_bind(customer_id); },
+//!     )
+//!     .await?;
+//! ```
+//!
 //! The cursor is the last row's sort values and id as PostgreSQL renders them through
 //! `to_jsonb` (ISO 8601 for times, whatever the session's `DateStyle`), cast back to each key's
 //! type when compared, so a value round-trips exactly. Sort keys must never be NULL: coalesce a

@@ -217,6 +217,8 @@ impl CustomerApi {
                         return;
                     }
                 };
+                // A short batch is the last: no query (and no pooled connection) to learn it.
+                let last_batch = customers.len() < EXPORT_BATCH as usize;
                 for customer in customers {
                     after = Uuid::parse_str(&customer.id).unwrap_or(after);
                     let message = pb::ExportCustomersResponse {
@@ -226,6 +228,9 @@ impl CustomerApi {
                     if tx.send(Ok(message)).await.is_err() {
                         return;
                     }
+                }
+                if last_batch {
+                    return;
                 }
             }
         });
