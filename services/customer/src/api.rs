@@ -1,6 +1,7 @@
 //! The gRPC surface of the customer service: validate, convert at the edge, call the store in
 //! one transaction, publish the change, convert back. One file per resource under `api/`; this
-//! one holds the service's state, what every handler shares, and the filter schemas.
+//! one holds the service's state and what every handler shares. What each List filters and
+//! orders on is declared with its SQL, in `store/lists.rs`.
 
 mod bulk;
 mod consents;
@@ -13,12 +14,12 @@ mod scan;
 mod search;
 
 use std::pin::Pin;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use crm_platform::cache::{Cache, Keyspace, Versioned};
 use crm_platform::feed::{self, Feed};
-use crm_platform::filter::{self, EnumDef, FieldType, FilterSchema};
+use crm_platform::filter::{self, FilterSchema};
+
 use crm_platform::idempotency;
 use crm_platform::operations::{OnRestart, OperationStore};
 use crm_platform::page_token::PageTokenCodec;
@@ -33,7 +34,7 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::SCHEMA;
-use crate::domain::{CUSTOMER_STATES, LIFECYCLE_STAGES, PRINCIPAL_KIND, Principal};
+use crate::domain::Principal;
 use crate::error::{Error, Result};
 use crate::store::{self, CustomerRow};
 
@@ -45,53 +46,6 @@ const CUSTOMERS: Keyspace<pb::Customer> = Keyspace::new("customer");
 /// How many merged ids GetCustomer follows before giving up (merges never form cycles, but a
 /// bound keeps a bug from looping).
 const MAX_MERGE_HOPS: usize = 8;
-
-static LIFECYCLE_STAGE: EnumDef = EnumDef::new("LIFECYCLE_STAGE_", LIFECYCLE_STAGES);
-static INTERACTION_TYPE: EnumDef =
-    EnumDef::new("INTERACTION_TYPE_", &["CALL", "EMAIL", "MEETING", "NOTE"]);
-static INTERACTION_DIRECTION: EnumDef =
-    EnumDef::new("INTERACTION_DIRECTION_", &["INBOUND", "OUTBOUND", "NONE"]);
-static CUSTOMER_STATE: EnumDef = EnumDef::new("CUSTOMER_STATE_", CUSTOMER_STATES);
-
-static CUSTOMER_FILTER: LazyLock<FilterSchema> = LazyLock::new(|| {
-    FilterSchema::new()
-        .field("display_name", FieldType::Text, "c.display_name")
-        .field("email", FieldType::Text, "c.email")
-        .field("given_name", FieldType::Text, "c.given_name")
-        .field("family_name", FieldType::Text, "c.family_name")
-        .field("phone", FieldType::Text, "c.phone")
-        .field("company_name", FieldType::Text, "c.company_name")
-        .field(
-            "lifecycle_stage",
-            FieldType::Enum(&LIFECYCLE_STAGE),
-            "c.lifecycle_stage",
-        )
-        .field(
-            "owner.kind",
-            FieldType::Enum(&PRINCIPAL_KIND),
-            "c.owner_kind",
-        )
-        .field("owner.id", FieldType::Text, "c.owner_id")
-        .field("source", FieldType::Text, "c.source")
-        .field("tags", FieldType::TextArray, "c.tags")
-        .field("state", FieldType::Enum(&CUSTOMER_STATE), "c.state")
-        .field("create_time", FieldType::Timestamp, "c.create_time")
-        .field("update_time", FieldType::Timestamp, "c.update_time")
-        .map_field("attributes", "c.attributes")
-});
-
-static INTERACTION_FILTER: LazyLock<FilterSchema> = LazyLock::new(|| {
-    FilterSchema::new()
-        .field("type", FieldType::Enum(&INTERACTION_TYPE), "type")
-        .field(
-            "direction",
-            FieldType::Enum(&INTERACTION_DIRECTION),
-            "direction",
-        )
-        .field("owner.kind", FieldType::Enum(&PRINCIPAL_KIND), "owner_kind")
-        .field("owner.id", FieldType::Text, "owner_id")
-        .field("occur_time", FieldType::Timestamp, "occur_time")
-});
 
 /// The customer service.
 #[derive(Clone)]
@@ -287,28 +241,13 @@ impl CustomerApi {
             .ok_or(Error::NotFound(id))
     }
 
-    fn parse_filter(
-        &self,
-        input: &str,
-        schema: &FilterSchema,
-        first_param: usize,
-    ) -> Result<filter::SqlFilter> {
+    /// The request's `filter`, compiled against `schema`.
+    fn parse_filter(&self, input: &str, schema: &FilterSchema) -> Result<filter::SqlFilter> {
         let expr = filter::parse(input).map_err(|e| ApiError::invalid("filter", e.to_string()))?;
-        Ok(filter::to_sql(&expr, schema, first_param)
-            .map_err(|e| ApiError::invalid("filter", e.to_string()))?)
-    }
-
-    fn decode_token<C: serde::de::DeserializeOwned>(
-        &self,
-        token: &str,
-        fingerprint: u64,
-    ) -> Result<Option<C>> {
-        if token.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(self.page_tokens.decode(token, fingerprint).map_err(
-            |e| ApiError::invalid("page_token", e.to_string()),
-        )?))
+        Ok(
+            filter::to_sql(&expr, schema)
+                .map_err(|e| ApiError::invalid("filter", e.to_string()))?,
+        )
     }
 }
 

@@ -16,12 +16,18 @@ use crate::feed::RESOURCE_TYPE;
 
 mod history;
 mod interactions;
+mod lists;
 mod merges;
 mod scan;
 
 pub use history::{FieldChangeRow, field_changes, insert_field_changes};
 pub use interactions::{INTERACTION_COLUMNS, InteractionRow, all_interactions, insert_interaction};
-pub use merges::{MergePage, insert_merge, merge_records, merges_page};
+pub use lists::{
+    CONSENT_HISTORY, CUSTOMER_FILTER, CUSTOMERS, FIELD_CHANGES, INTERACTIONS, MERGE_RECORDS,
+    SEARCH, SearchHit, SearchMode, consent_history_page, customers_page, field_changes_page,
+    interactions_page, merge_records_page, search_page,
+};
+pub use merges::{insert_merge, merge_records};
 pub use scan::{active_after, count_active};
 
 /// Every column of `customer.customers` a read needs.
@@ -402,35 +408,19 @@ pub async fn insert_consent(
     Ok(row.to_proto())
 }
 
-/// A page of consent history, newest first, after the (record_time, id) cursor.
+/// Every consent decision of a customer, newest first.
 pub async fn consent_history(
     conn: &mut PgConnection,
     customer_id: Uuid,
-    after: Option<(DateTime<Utc>, i64)>,
-    limit: i64,
-) -> Result<Vec<(i64, DateTime<Utc>, pb::Consent)>> {
-    #[derive(FromRow)]
-    struct Row {
-        id: i64,
-        #[sqlx(flatten)]
-        consent: ConsentRow,
-    }
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT id, {CONSENT_COLUMNS} \
-         FROM customer.consents WHERE customer_id = $1 \
-           AND ($2::timestamptz IS NULL OR (record_time, id) < ($2, $3)) \
-         ORDER BY record_time DESC, id DESC LIMIT $4",
+) -> Result<Vec<pb::Consent>> {
+    let rows: Vec<ConsentRow> = sqlx::query_as(&format!(
+        "SELECT {CONSENT_COLUMNS} FROM customer.consents WHERE customer_id = $1 \
+         ORDER BY record_time DESC, id DESC",
     ))
     .bind(customer_id)
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1).unwrap_or(0))
-    .bind(limit)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.id, r.consent.record_time, r.consent.to_proto()))
-        .collect())
+    Ok(rows.iter().map(ConsentRow::to_proto).collect())
 }
 
 /// Moves the interactions and consent history of `from` customers to `to` (a merge).

@@ -184,25 +184,3 @@ impl Database {
         Ok(role)
     }
 }
-
-/// Binds filter parameters (from [`crate::filter::to_sql`]) to a query, in order.
-pub fn bind_filter_params<'q, O>(
-    mut query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    params: &'q [crate::filter::SqlValue],
-) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    use crate::filter::SqlValue;
-    for param in params {
-        query = match param {
-            SqlValue::Text(v) => query.bind(v.as_str()),
-            SqlValue::Int(v) => query.bind(*v),
-            SqlValue::Float(v) => query.bind(*v),
-            SqlValue::Bool(v) => query.bind(*v),
-            SqlValue::Timestamp(v) => query.bind(*v),
-            SqlValue::Date(v) => query.bind(*v),
-            SqlValue::Interval(v) => query.bind(*v),
-            SqlValue::Uuid(v) => query.bind(*v),
-            SqlValue::TextArray(v) => query.bind(v.as_slice()),
-        };
-    }
-    query
-}

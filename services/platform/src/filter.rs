@@ -22,7 +22,8 @@
 //!
 //! Services describe what may be filtered with a [`FilterSchema`]; [`parse`] turns the caller's
 //! text into an [`Expr`] and [`to_sql`] checks it against the schema and produces a
-//! [`SqlFilter`]. Caller input only ever reaches PostgreSQL as bind parameters. Every error is a
+//! [`SqlFilter`], which pushes itself into a `sqlx::QueryBuilder` with `push_bind`. Caller input
+//! only ever reaches PostgreSQL as bind parameters. Every error is a
 //! [`FilterError`] whose message is written for the API caller and names the position.
 //!
 //! Comparisons follow SQL NULL semantics: a row whose field is NULL (or lacks the attribute)

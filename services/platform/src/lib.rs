@@ -13,10 +13,10 @@ pub mod error;
 pub mod feed;
 pub mod filter;
 pub mod idempotency;
+pub mod list;
 pub mod middleware;
 pub mod operations;
 pub mod page_token;
-pub mod paging;
 pub mod server;
 pub mod telemetry;
 

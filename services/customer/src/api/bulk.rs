@@ -1,7 +1,6 @@
 //! ImportCustomers and ExportCustomers: customers in bulk, as streams.
 
 use chrono::Utc;
-use crm_platform::db::bind_filter_params;
 use crm_platform::error::rpc_status;
 use crm_platform::filter::SqlFilter;
 use crm_platform::page_token::{PageTokenCodec, PageTokenError, query_fingerprint};
@@ -11,13 +10,13 @@ use crm_proto::crm::customer::v1 as pb;
 use crm_proto::crm::customer::v1::import_customers_response::Kind;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 use uuid::Uuid;
 
-use super::{CUSTOMER_FILTER, CustomerApi, ResponseStream, idempotency};
+use super::{CustomerApi, ResponseStream, idempotency};
 use crate::domain::{CustomerFields, Principal, timestamp_from_proto};
 use crate::error::{Error, Result};
 use crate::store::{self, CUSTOMER_COLUMNS, CustomerRow};
@@ -200,7 +199,7 @@ impl CustomerApi {
         &self,
         req: pb::ExportCustomersRequest,
     ) -> Result<ResponseStream<pb::ExportCustomersResponse>> {
-        let sql_filter = self.parse_filter(&req.filter, &CUSTOMER_FILTER, 2)?;
+        let sql_filter = self.parse_filter(&req.filter, &store::CUSTOMER_FILTER)?;
         refuse_as_of_time(req.as_of_time.as_ref())?;
         let after = resume_after(&self.page_tokens, &req)?;
         let (tx, rx) = mpsc::channel(256);
@@ -218,6 +217,8 @@ impl CustomerApi {
                         return;
                     }
                 };
+                // A short batch is the last: no query (and no pooled connection) to learn it.
+                let last_batch = customers.len() < EXPORT_BATCH as usize;
                 for customer in customers {
                     after = Uuid::parse_str(&customer.id).unwrap_or(after);
                     let message = pb::ExportCustomersResponse {
@@ -228,23 +229,24 @@ impl CustomerApi {
                         return;
                     }
                 }
+                if last_batch {
+                    return;
+                }
             }
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
-/// The next active customers after `after` matching the filter (compiled from `$2`).
+/// The next active customers after `after` matching the filter.
 async fn export_page(db: &PgPool, filter: &SqlFilter, after: Uuid) -> Result<Vec<pb::Customer>> {
-    let sql = format!(
-        "SELECT {CUSTOMER_COLUMNS} FROM customer.customers c WHERE c.state = 'ACTIVE' \
-         AND c.id > $1 AND {} ORDER BY c.id LIMIT {EXPORT_BATCH}",
-        filter.sql
-    );
+    let mut query = QueryBuilder::<Postgres>::new(format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customer.customers c WHERE c.state = 'ACTIVE' AND c.id > "
+    ));
+    query.push_bind(after).push(" AND (");
+    filter.push_to(&mut query);
+    query.push(format_args!(") ORDER BY c.id LIMIT {EXPORT_BATCH}"));
     let mut conn = db.acquire().await?;
-    let query = sqlx::query_as::<_, CustomerRow>(&sql).bind(after);
-    let rows = bind_filter_params(query, &filter.params)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows: Vec<CustomerRow> = query.build_query_as().fetch_all(&mut *conn).await?;
     store::to_protos(&mut conn, &rows).await
 }

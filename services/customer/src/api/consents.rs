@@ -1,9 +1,7 @@
 //! RecordConsent and ListConsentHistory.
 
-use chrono::{DateTime, Utc};
 use crm_platform::idempotency::{self, Outcome};
-use crm_platform::page_token::query_fingerprint;
-use crm_platform::paging::page_size;
+use crm_platform::list::ListRequest;
 use crm_proto::crm::customer::v1 as pb;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -82,23 +80,21 @@ impl CustomerApi {
         req: pb::ListConsentHistoryRequest,
     ) -> Result<pb::ListConsentHistoryResponse> {
         let id = parse_id("customer_id", &req.customer_id)?;
-        let limit = page_size(req.page_size, 50, 1000)?;
-        let fingerprint = query_fingerprint(&[&req.customer_id]);
-        let cursor: Option<(DateTime<Utc>, i64)> =
-            self.decode_token(&req.page_token, fingerprint)?;
+        let list = store::CONSENT_HISTORY.prepare(
+            &self.page_tokens,
+            &ListRequest {
+                page_size: req.page_size,
+                page_token: &req.page_token,
+                scope: &[&req.customer_id],
+                ..ListRequest::default()
+            },
+        )?;
         let mut conn = self.db.acquire().await?;
         self.ensure_exists(&mut conn, id).await?;
-        let mut entries = store::consent_history(&mut conn, id, cursor, limit as i64 + 1).await?;
-        let next_page_token = if entries.len() > limit as usize {
-            entries.truncate(limit as usize);
-            let last = entries.last().expect("a full page has a last row");
-            self.page_tokens.encode(fingerprint, &(last.1, last.0))
-        } else {
-            String::new()
-        };
+        let page = store::consent_history_page(&mut conn, &list, id).await?;
         Ok(pb::ListConsentHistoryResponse {
-            consents: entries.into_iter().map(|e| e.2).collect(),
-            next_page_token,
+            consents: page.rows,
+            next_page_token: page.next_page_token,
         })
     }
 }

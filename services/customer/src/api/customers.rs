@@ -1,121 +1,19 @@
 //! Create, Get, BatchGet, List, Update, Delete and Undelete: the single-customer RPCs and the
 //! listing.
 
-use crm_platform::db::bind_filter_params;
-use crm_platform::filter::{self, OrderTerm, SqlFilter};
 use crm_platform::idempotency::{self, Outcome};
-use crm_platform::page_token::query_fingerprint;
-use crm_platform::paging::{SortKey, keyset_after, keyset_order_by, page_size};
+use crm_platform::list::ListRequest;
 use crm_platform::{ApiError, FieldViolations};
 use crm_proto::crm::common::v1::ChangeType;
 use crm_proto::crm::customer::v1 as pb;
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{CUSTOMER_FILTER, CustomerApi, Write, both};
+use super::{CustomerApi, Write, both};
 use crate::domain::history::diff;
 use crate::domain::{CustomerFields, CustomerPatch, Principal, parse_id};
 use crate::error::{Error, Result};
-use crate::store::{self, CUSTOMER_COLUMNS, CustomerRow};
-
-/// order_by keys of ListCustomers: (name, SQL expression, SQL type of its cursor value). Names
-/// and emails are coalesced: erased customers (listed with show_deleted) have neither.
-const ORDER_KEYS: &[(&str, &str, &str)] = &[
-    ("display_name", "coalesce(c.display_name, '')", "text"),
-    ("email", "coalesce(c.email, '')", "text"),
-    ("create_time", "c.create_time", "timestamptz"),
-    ("update_time", "c.update_time", "timestamptz"),
-];
-
-/// Keyset position of a ListCustomers page: the sort values of the last row, then its id.
-#[derive(Serialize, Deserialize)]
-struct ListCursor {
-    values: Vec<String>,
-    id: Uuid,
-}
-
-/// The parsed order_by of a ListCustomers request (`create_time` when empty).
-fn list_order(order_by: &str) -> Result<Vec<OrderTerm>> {
-    let allowed: Vec<&str> = ORDER_KEYS.iter().map(|k| k.0).collect();
-    let mut order = filter::parse_order_by(order_by, &allowed)
-        .map_err(|e| ApiError::invalid("order_by", e.to_string()))?;
-    if order.is_empty() {
-        order.push(OrderTerm {
-            field: "create_time".into(),
-            descending: false,
-        });
-    }
-    Ok(order)
-}
-
-fn sort_keys(order: &[OrderTerm]) -> Vec<SortKey<'static>> {
-    order
-        .iter()
-        .filter_map(|term| {
-            let key = ORDER_KEYS.iter().find(|k| k.0 == term.field)?;
-            Some(SortKey {
-                sql: key.1,
-                sql_type: key.2,
-                descending: term.descending,
-            })
-        })
-        .collect()
-}
-
-/// The cursor after `last`, in the order's keys.
-fn list_cursor(order: &[OrderTerm], last: &CustomerRow) -> ListCursor {
-    let time =
-        |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let values = order
-        .iter()
-        .map(|term| match term.field.as_str() {
-            "display_name" => last.display_name.clone().unwrap_or_default(),
-            "email" => last.email.clone().unwrap_or_default(),
-            "update_time" => time(&last.update_time),
-            _ => time(&last.create_time),
-        })
-        .collect();
-    ListCursor {
-        values,
-        id: last.id,
-    }
-}
-
-/// The SQL of one ListCustomers page, and the cursor's parameters (after the filter's).
-fn list_sql(
-    keys: &[SortKey<'_>],
-    sql_filter: &SqlFilter,
-    cursor: Option<&ListCursor>,
-    show_deleted: bool,
-) -> Result<(String, Vec<String>)> {
-    // Without show_deleted only active customers are listed; with it, every state is.
-    let states = if show_deleted {
-        "TRUE"
-    } else {
-        "c.state = 'ACTIVE'"
-    };
-    let mut sql = format!(
-        "SELECT {CUSTOMER_COLUMNS} FROM customer.customers c WHERE {states} AND {}",
-        sql_filter.sql
-    );
-    let mut cursor_params: Vec<String> = Vec::new();
-    if let Some(cursor) = cursor {
-        if cursor.values.len() != keys.len() {
-            return Err(ApiError::invalid("page_token", "does not match order_by").into());
-        }
-        let after = keyset_after(keys, "c.id", sql_filter.params.len() + 1);
-        sql.push_str(&format!(" AND {after}"));
-        cursor_params = cursor.values.clone();
-        cursor_params.push(cursor.id.to_string());
-    }
-    let limit_param = sql_filter.params.len() + cursor_params.len() + 1;
-    sql.push_str(&format!(
-        " ORDER BY {} LIMIT ${limit_param}",
-        keyset_order_by(keys, "c.id")
-    ));
-    Ok((sql, cursor_params))
-}
+use crate::store;
 
 impl CustomerApi {
     /// Creates a customer in its own transaction, honouring the request id (checked against
@@ -201,35 +99,24 @@ impl CustomerApi {
         &self,
         req: pb::ListCustomersRequest,
     ) -> Result<pb::ListCustomersResponse> {
-        let limit = page_size(req.page_size, 50, 1000)?;
-        let sql_filter = self.parse_filter(&req.filter, &CUSTOMER_FILTER, 1)?;
-        let order = list_order(&req.order_by)?;
         let show_deleted = if req.show_deleted { "1" } else { "0" };
-        let fingerprint = query_fingerprint(&[&req.filter, &req.order_by, show_deleted]);
-        let cursor: Option<ListCursor> = self.decode_token(&req.page_token, fingerprint)?;
-        let keys = sort_keys(&order);
-        let (sql, cursor_params) = list_sql(&keys, &sql_filter, cursor.as_ref(), req.show_deleted)?;
-
-        let mut query =
-            bind_filter_params(sqlx::query_as::<_, CustomerRow>(&sql), &sql_filter.params);
-        for value in &cursor_params {
-            query = query.bind(value);
-        }
+        let list = store::CUSTOMERS.prepare(
+            &self.page_tokens,
+            &ListRequest {
+                page_size: req.page_size,
+                page_token: &req.page_token,
+                filter: &req.filter,
+                order_by: &req.order_by,
+                scope: &[show_deleted],
+            },
+        )?;
         // One connection for the page and its consents.
         let mut conn = self.db.acquire().await?;
-        let mut rows = query.bind(limit as i64 + 1).fetch_all(&mut *conn).await?;
-        let next_page_token = if rows.len() > limit as usize {
-            rows.truncate(limit as usize);
-            let last = rows.last().expect("a full page has a last row");
-            self.page_tokens
-                .encode(fingerprint, &list_cursor(&order, last))
-        } else {
-            String::new()
-        };
-        let customers = store::to_protos(&mut conn, &rows).await?;
+        let page = store::customers_page(&mut conn, &list, req.show_deleted).await?;
+        let customers = store::to_protos(&mut conn, &page.rows).await?;
         Ok(pb::ListCustomersResponse {
             customers,
-            next_page_token,
+            next_page_token: page.next_page_token,
         })
     }
 

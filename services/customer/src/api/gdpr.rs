@@ -7,7 +7,6 @@
 //! than starting an operation nothing runs.
 
 use chrono::Utc;
-use crm_platform::filter::SqlFilter;
 use crm_platform::{ApiError, FieldViolations};
 use crm_proto::crm::common::v1::ChangeType;
 use crm_proto::crm::customer::v1 as pb;
@@ -85,18 +84,9 @@ impl CustomerApi {
         let (_, customer) = store::load(&mut conn, id)
             .await?
             .ok_or(Error::NotFound(id))?;
-        let consent_history = store::consent_history(&mut conn, id, None, i64::MAX)
-            .await?
-            .into_iter()
-            .map(|c| c.2)
-            .collect();
+        let consent_history = store::consent_history(&mut conn, id).await?;
         let interactions = store::all_interactions(&mut conn, id).await?;
-        let everything = SqlFilter {
-            sql: "TRUE".into(),
-            params: Vec::new(),
-        };
-        let field_changes =
-            store::field_changes(&mut conn, id, &everything, None, i64::MAX).await?;
+        let field_changes = store::field_changes(&mut conn, id).await?;
         Ok(pb::ExportServiceCustomerDataResponse {
             customer: Some(customer),
             consent_history,

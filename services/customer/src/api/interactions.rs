@@ -1,18 +1,16 @@
 //! CreateInteraction and ListInteractions: a customer's timeline.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use crm_platform::FieldViolations;
-use crm_platform::db::bind_filter_params;
 use crm_platform::idempotency;
-use crm_platform::page_token::query_fingerprint;
-use crm_platform::paging::page_size;
+use crm_platform::list::ListRequest;
 use crm_proto::crm::customer::v1 as pb;
 use uuid::Uuid;
 
-use super::{CustomerApi, INTERACTION_FILTER};
+use super::CustomerApi;
 use crate::domain::{self, Principal, parse_id};
 use crate::error::{Error, Result};
-use crate::store::{self, INTERACTION_COLUMNS, InteractionRow};
+use crate::store::{self, InteractionRow};
 
 impl CustomerApi {
     /// Records an interaction; a repeated request id returns the first call's response. The
@@ -47,38 +45,22 @@ impl CustomerApi {
         req: pb::ListInteractionsRequest,
     ) -> Result<pb::ListInteractionsResponse> {
         let id = parse_id("customer_id", &req.customer_id)?;
-        let limit = page_size(req.page_size, 50, 1000)?;
-        let sql_filter = self.parse_filter(&req.filter, &INTERACTION_FILTER, 5)?;
-        let fingerprint = query_fingerprint(&[&req.customer_id, &req.filter]);
-        let cursor: Option<(DateTime<Utc>, Uuid)> =
-            self.decode_token(&req.page_token, fingerprint)?;
+        let list = store::INTERACTIONS.prepare(
+            &self.page_tokens,
+            &ListRequest {
+                page_size: req.page_size,
+                page_token: &req.page_token,
+                filter: &req.filter,
+                scope: &[&req.customer_id],
+                ..ListRequest::default()
+            },
+        )?;
         let mut conn = self.db.acquire().await?;
         self.ensure_exists(&mut conn, id).await?;
-        let sql = format!(
-            "SELECT {INTERACTION_COLUMNS} FROM customer.interactions WHERE customer_id = $1 \
-             AND ($2::timestamptz IS NULL OR (occur_time, id) < ($2, $3)) AND {} \
-             ORDER BY occur_time DESC, id DESC LIMIT $4",
-            sql_filter.sql
-        );
-        let query = sqlx::query_as::<_, InteractionRow>(&sql)
-            .bind(id)
-            .bind(cursor.map(|c| c.0))
-            .bind(cursor.map(|c| c.1).unwrap_or_default())
-            .bind(limit as i64 + 1);
-        let mut rows = bind_filter_params(query, &sql_filter.params)
-            .fetch_all(&mut *conn)
-            .await?;
-        let next_page_token = if rows.len() > limit as usize {
-            rows.truncate(limit as usize);
-            let last = rows.last().expect("a full page has a last row");
-            self.page_tokens
-                .encode(fingerprint, &(last.occur_time, last.id))
-        } else {
-            String::new()
-        };
+        let page = store::interactions_page(&mut conn, &list, id).await?;
         Ok(pb::ListInteractionsResponse {
-            interactions: rows.iter().map(InteractionRow::to_proto).collect(),
-            next_page_token,
+            interactions: page.rows.iter().map(InteractionRow::to_proto).collect(),
+            next_page_token: page.next_page_token,
         })
     }
 }

@@ -1,14 +1,10 @@
 //! MergeCustomers and ListMergeRecords.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 
-use chrono::{DateTime, Utc};
 use crm_platform::FieldViolations;
-use crm_platform::filter::{FieldType, FilterSchema};
 use crm_platform::idempotency::{self, Outcome};
-use crm_platform::page_token::query_fingerprint;
-use crm_platform::paging::page_size;
+use crm_platform::list::ListRequest;
 use crm_proto::crm::customer::v1 as pb;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -18,14 +14,6 @@ use crate::domain::history::{FieldChange, consent_json, diff};
 use crate::domain::{self, CustomerFields, Principal, parse_id};
 use crate::error::Result;
 use crate::store::{self, CustomerRow};
-
-static MERGE_FILTER: LazyLock<FilterSchema> = LazyLock::new(|| {
-    FilterSchema::new()
-        .field("survivor_id", FieldType::Uuid, "m.survivor_id")
-        // Membership in a uuid[]: compared as text, the form ids have on the wire.
-        .field("merged_ids", FieldType::UuidArray, "m.merged_ids")
-        .field("merge_time", FieldType::Timestamp, "m.merge_time")
-});
 
 /// Folds what a duplicate knows into the survivor's fields: empty fields are filled, a second
 /// email or phone becomes a contact point, tags, attributes, contact points and addresses are
@@ -260,22 +248,24 @@ impl CustomerApi {
         } else {
             Some(parse_id("customer_id", &req.customer_id)?)
         };
-        let limit = page_size(req.page_size, 50, 1000)?;
-        let sql_filter = self.parse_filter(&req.filter, &MERGE_FILTER, 5)?;
-        let fingerprint = query_fingerprint(&["ListMergeRecords", &req.customer_id, &req.filter]);
-        let cursor: Option<(DateTime<Utc>, Uuid)> =
-            self.decode_token(&req.page_token, fingerprint)?;
+        let list = store::MERGE_RECORDS.prepare(
+            &self.page_tokens,
+            &ListRequest {
+                page_size: req.page_size,
+                page_token: &req.page_token,
+                filter: &req.filter,
+                scope: &[&req.customer_id],
+                ..ListRequest::default()
+            },
+        )?;
         let mut conn = self.db.acquire().await?;
         if let Some(id) = survivor {
             self.ensure_exists(&mut conn, id).await?;
         }
-        let page = store::merges_page(&mut conn, survivor, &sql_filter, cursor, limit).await?;
+        let page = store::merge_records_page(&mut conn, &list, survivor).await?;
         Ok(pb::ListMergeRecordsResponse {
-            merge_records: page.records,
-            next_page_token: page
-                .next
-                .map(|next| self.page_tokens.encode(fingerprint, &next))
-                .unwrap_or_default(),
+            merge_records: page.rows,
+            next_page_token: page.next_page_token,
         })
     }
 }

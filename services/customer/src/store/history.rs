@@ -1,8 +1,6 @@
 //! SQL for the field history (`customer.field_changes`).
 
 use chrono::{DateTime, Utc};
-use crm_platform::db::bind_filter_params;
-use crm_platform::filter::SqlFilter;
 use crm_proto::crm::customer::v1 as pb;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection};
@@ -77,31 +75,21 @@ impl FieldChangeRow {
     }
 }
 
-/// A customer's field changes matching `filter` (compiled with parameters from `$5`), newest
-/// first, after the (change_time, id) cursor; at most `limit` rows (`i64::MAX`: all). The
-/// changes of one write share their change_time and keep the order they were recorded in.
+/// Columns of a field change read (`f` is `customer.field_changes`).
+pub(super) const FIELD_CHANGE_COLUMNS: &str = "f.id, f.path, f.old_value, f.new_value, \
+    f.actor_kind, f.actor_id, f.change_time, f.version";
+
+/// Every field change of a customer, newest first; the changes of one write share their
+/// change_time and keep the order they were recorded in.
 pub async fn field_changes(
     conn: &mut PgConnection,
     customer_id: Uuid,
-    filter: &SqlFilter,
-    after: Option<(DateTime<Utc>, i64)>,
-    limit: i64,
 ) -> Result<Vec<FieldChangeRow>> {
-    let sql = format!(
-        "SELECT f.id, f.path, f.old_value, f.new_value, f.actor_kind, f.actor_id, \
-           f.change_time, f.version \
-         FROM customer.field_changes f WHERE f.customer_id = $1 \
-           AND ($2::timestamptz IS NULL OR f.change_time < $2 \
-                OR (f.change_time = $2 AND f.id > $3)) AND {} \
-         ORDER BY f.change_time DESC, f.id LIMIT $4",
-        filter.sql
-    );
-    let query = sqlx::query_as::<_, FieldChangeRow>(&sql)
-        .bind(customer_id)
-        .bind(after.map(|a| a.0))
-        .bind(after.map(|a| a.1).unwrap_or(0))
-        .bind(limit);
-    Ok(bind_filter_params(query, &filter.params)
-        .fetch_all(conn)
-        .await?)
+    Ok(sqlx::query_as(&format!(
+        "SELECT {FIELD_CHANGE_COLUMNS} FROM customer.field_changes f \
+         WHERE f.customer_id = $1 ORDER BY f.change_time DESC, f.id"
+    ))
+    .bind(customer_id)
+    .fetch_all(conn)
+    .await?)
 }

@@ -1,6 +1,13 @@
 //! [`Expr`] → parameterised PostgreSQL, checked against a [`FilterSchema`].
+//!
+//! [`to_sql`] checks the whole expression and yields a [`SqlFilter`]: SQL text with the caller's
+//! values kept apart, unnumbered. [`SqlFilter::push_to`] appends it to a `sqlx::QueryBuilder`,
+//! which numbers each placeholder as it binds the value, so a filter fits anywhere in a query
+//! and nobody counts parameters. Checking is separate from pushing so that a List rejects a bad
+//! filter before it takes a database connection.
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::parser::{CompareOp, Expr, Literal, Restriction};
@@ -11,13 +18,41 @@ use super::values::{
 };
 use super::{FilterError, MAX_MAP_KEY_CHARS, quote_for_message};
 
-/// A compiled filter: a boolean SQL expression and the values for its placeholders, in order.
+/// A compiled filter: a boolean SQL expression whose caller-supplied values stay apart from the
+/// SQL until [`push_to`](Self::push_to) binds them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SqlFilter {
-    /// SQL using `$first_param`, `$first_param + 1`, … placeholders.
-    pub sql: String,
-    /// One value per placeholder; `params[i]` binds to `$(first_param + i)`.
-    pub params: Vec<SqlValue>,
+    parts: Vec<SqlPart>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum SqlPart {
+    /// SQL written by the service (the schema) or by the compiler, never by the caller.
+    Sql(String),
+    /// A value from the caller, only ever bound as a parameter.
+    Value(SqlValue),
+}
+
+impl SqlFilter {
+    /// Appends the condition to `builder`, binding each value with `push_bind`.
+    pub fn push_to(&self, builder: &mut QueryBuilder<'_, Postgres>) {
+        for part in &self.parts {
+            match part {
+                SqlPart::Sql(sql) => {
+                    builder.push(sql);
+                }
+                SqlPart::Value(value) => value.push_bind(builder),
+            }
+        }
+    }
+
+    /// The values the filter binds, in the order it binds them.
+    pub fn params(&self) -> impl Iterator<Item = &SqlValue> {
+        self.parts.iter().filter_map(|part| match part {
+            SqlPart::Value(value) => Some(value),
+            SqlPart::Sql(_) => None,
+        })
+    }
 }
 
 /// A bind parameter value.
@@ -43,63 +78,91 @@ pub enum SqlValue {
     TextArray(Vec<String>),
 }
 
-/// Compiles `expr` against `schema`, numbering placeholders from `$first_param` (at least 1) so
-/// the filter can be appended to a query that already has parameters.
-pub fn to_sql(
-    expr: &Expr,
-    schema: &FilterSchema,
-    first_param: usize,
-) -> Result<SqlFilter, FilterError> {
-    debug_assert!(first_param >= 1, "PostgreSQL placeholders start at $1");
+impl SqlValue {
+    fn push_bind(&self, builder: &mut QueryBuilder<'_, Postgres>) {
+        match self {
+            SqlValue::Text(v) => builder.push_bind(v.clone()),
+            SqlValue::Int(v) => builder.push_bind(*v),
+            SqlValue::Float(v) => builder.push_bind(*v),
+            SqlValue::Bool(v) => builder.push_bind(*v),
+            SqlValue::Timestamp(v) => builder.push_bind(*v),
+            SqlValue::Date(v) => builder.push_bind(*v),
+            SqlValue::Interval(v) => builder.push_bind(*v),
+            SqlValue::Uuid(v) => builder.push_bind(*v),
+            SqlValue::TextArray(v) => builder.push_bind(v.clone()),
+        };
+    }
+}
+
+/// Checks `expr` against `schema` and compiles it; nothing reaches SQL unless all of it is valid.
+pub fn to_sql(expr: &Expr, schema: &FilterSchema) -> Result<SqlFilter, FilterError> {
     let mut compiler = SqlCompiler {
         schema,
-        next_param: first_param,
-        params: Vec::new(),
+        parts: Vec::new(),
     };
-    let sql = compiler.expr(expr)?;
+    compiler.expr(expr)?;
     Ok(SqlFilter {
-        sql,
-        params: compiler.params,
+        parts: compiler.parts,
     })
 }
 
 struct SqlCompiler<'a> {
     schema: &'a FilterSchema,
-    next_param: usize,
-    params: Vec<SqlValue>,
+    parts: Vec<SqlPart>,
+}
+
+/// The left side of a text comparison: a field's SQL, or one key of a JSONB map read as text.
+#[derive(Clone, Copy)]
+enum TextLhs<'a> {
+    Column(&'a str),
+    MapKey { map_sql: &'a str, key: &'a str },
 }
 
 impl SqlCompiler<'_> {
-    fn bind(&mut self, value: SqlValue) -> String {
-        let placeholder = format!("${}", self.next_param);
-        self.next_param += 1;
-        self.params.push(value);
-        placeholder
+    fn sql(&mut self, sql: &str) {
+        // Adjacent text is merged so a filter stays a handful of parts.
+        match self.parts.last_mut() {
+            Some(SqlPart::Sql(last)) => last.push_str(sql),
+            _ => self.parts.push(SqlPart::Sql(sql.to_owned())),
+        }
     }
 
-    fn expr(&mut self, expr: &Expr) -> Result<String, FilterError> {
-        Ok(match expr {
-            Expr::True => "TRUE".to_owned(),
+    fn bind(&mut self, value: SqlValue) {
+        self.parts.push(SqlPart::Value(value));
+    }
+
+    fn expr(&mut self, expr: &Expr) -> Result<(), FilterError> {
+        match expr {
+            Expr::True => self.sql("TRUE"),
             // Empty lists only come from hand-built trees; give them their logical identity
             // rather than the invalid SQL "()".
-            Expr::And(terms) if terms.is_empty() => "TRUE".to_owned(),
-            Expr::Or(terms) if terms.is_empty() => "FALSE".to_owned(),
+            Expr::And(terms) if terms.is_empty() => self.sql("TRUE"),
+            Expr::Or(terms) if terms.is_empty() => self.sql("FALSE"),
             Expr::And(terms) => self.join(terms, " AND ")?,
             Expr::Or(terms) => self.join(terms, " OR ")?,
-            Expr::Not(inner) => format!("(NOT {})", self.expr(inner)?),
+            Expr::Not(inner) => {
+                self.sql("(NOT ");
+                self.expr(inner)?;
+                self.sql(")");
+            }
             Expr::Restriction(restriction) => self.restriction(restriction)?,
-        })
+        }
+        Ok(())
     }
 
-    fn join(&mut self, terms: &[Expr], separator: &str) -> Result<String, FilterError> {
-        let parts = terms
-            .iter()
-            .map(|term| self.expr(term))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(format!("({})", parts.join(separator)))
+    fn join(&mut self, terms: &[Expr], separator: &str) -> Result<(), FilterError> {
+        self.sql("(");
+        for (i, term) in terms.iter().enumerate() {
+            if i > 0 {
+                self.sql(separator);
+            }
+            self.expr(term)?;
+        }
+        self.sql(")");
+        Ok(())
     }
 
-    fn restriction(&mut self, r: &Restriction) -> Result<String, FilterError> {
+    fn restriction(&mut self, r: &Restriction) -> Result<(), FilterError> {
         match self.schema.resolve(&r.field) {
             None => Err(FilterError::new(
                 r.field_position,
@@ -118,7 +181,7 @@ impl SqlCompiler<'_> {
         }
     }
 
-    fn column(&mut self, field: &SchemaField, r: &Restriction) -> Result<String, FilterError> {
+    fn column(&mut self, field: &SchemaField, r: &Restriction) -> Result<(), FilterError> {
         let (field_type, lhs) = (field.field_type, field.sql);
         if r.value.prefix_wildcard && field_type != FieldType::Text {
             return Err(FilterError::new(
@@ -131,25 +194,29 @@ impl SqlCompiler<'_> {
             ));
         }
         match field_type {
-            FieldType::Text => self.text_condition(lhs, r),
+            FieldType::Text => self.text_condition(TextLhs::Column(lhs), r),
             FieldType::Enum(def) => self.enum_condition(field, def, r),
             FieldType::TextArray | FieldType::UuidArray | FieldType::EnumArray(_) => {
                 require_op(r, field_type, CompareOp::MEMBERSHIP)?;
                 let element = array_element(field, &r.value)?;
-                let placeholder = self.bind(element);
-                Ok(format!("({placeholder} = ANY({lhs}))"))
+                self.sql("(");
+                self.bind(element);
+                self.sql(&format!(" = ANY({lhs}))"));
+                Ok(())
             }
             _ => {
                 let value = scalar_value(field, r)?;
-                let placeholder = self.bind(value);
-                Ok(format!("({lhs} {} {placeholder})", r.op.sql()))
+                self.sql(&format!("({lhs} {} ", r.op.sql()));
+                self.bind(value);
+                self.sql(")");
+                Ok(())
             }
         }
     }
 
     /// Text semantics: `=` exact or, with a trailing `*`, case-insensitive prefix; `:`
     /// case-insensitive substring; everything else plain SQL comparison.
-    fn text_condition(&mut self, lhs: &str, r: &Restriction) -> Result<String, FilterError> {
+    fn text_condition(&mut self, lhs: TextLhs<'_>, r: &Restriction) -> Result<(), FilterError> {
         let value = &r.value;
         let (operator, param) = if value.prefix_wildcard {
             let operator = match r.op {
@@ -168,8 +235,19 @@ impl SqlCompiler<'_> {
         } else {
             (r.op.sql(), value.text.clone())
         };
-        let placeholder = self.bind(SqlValue::Text(param));
-        Ok(format!("({lhs} {operator} {placeholder})"))
+        self.sql("(");
+        match lhs {
+            TextLhs::Column(sql) => self.sql(sql),
+            TextLhs::MapKey { map_sql, key } => {
+                self.sql(&format!("({map_sql} ->> "));
+                self.bind(SqlValue::Text(key.to_owned()));
+                self.sql(")");
+            }
+        }
+        self.sql(&format!(" {operator} "));
+        self.bind(SqlValue::Text(param));
+        self.sql(")");
+        Ok(())
     }
 
     /// `=` and `!=` compare the bare name. An ordering comparison becomes membership in the set
@@ -181,15 +259,17 @@ impl SqlCompiler<'_> {
         field: &SchemaField,
         def: &EnumDef,
         r: &Restriction,
-    ) -> Result<String, FilterError> {
+    ) -> Result<(), FilterError> {
         require_op(r, field.field_type, CompareOp::ORDERING)?;
         let lhs = field.sql;
         let position = def
             .position(&r.value.text)
             .ok_or_else(|| enum_error(field.name, def, &r.value))?;
         if matches!(r.op, CompareOp::Eq | CompareOp::Ne) {
-            let placeholder = self.bind(SqlValue::Text(def.values[position].to_owned()));
-            return Ok(format!("({lhs} {} {placeholder})", r.op.sql()));
+            self.sql(&format!("({lhs} {} ", r.op.sql()));
+            self.bind(SqlValue::Text(def.values[position].to_owned()));
+            self.sql(")");
+            return Ok(());
         }
         let selected = def
             .values
@@ -203,12 +283,14 @@ impl SqlCompiler<'_> {
             })
             .map(|(_, name)| (*name).to_owned())
             .collect();
-        let placeholder = self.bind(SqlValue::TextArray(selected));
-        Ok(format!("({lhs} = ANY({placeholder}))"))
+        self.sql(&format!("({lhs} = ANY("));
+        self.bind(SqlValue::TextArray(selected));
+        self.sql("))");
+        Ok(())
     }
 
     /// `attributes:plan` — the key is present (even if its JSON value is null).
-    fn map_has_key(&mut self, map: &SchemaMap, r: &Restriction) -> Result<String, FilterError> {
+    fn map_has_key(&mut self, map: &SchemaMap, r: &Restriction) -> Result<(), FilterError> {
         if r.op != CompareOp::Has || r.value.prefix_wildcard {
             return Err(FilterError::new(
                 r.op_position,
@@ -219,8 +301,10 @@ impl SqlCompiler<'_> {
             ));
         }
         validate_map_key(&r.value.text, r.value.position)?;
-        let key = self.bind(SqlValue::Text(r.value.text.clone()));
-        Ok(format!("(({} -> {key}) IS NOT NULL)", map.sql))
+        self.sql(&format!("(({} -> ", map.sql));
+        self.bind(SqlValue::Text(r.value.text.clone()));
+        self.sql(") IS NOT NULL)");
+        Ok(())
     }
 
     fn map_key(
@@ -229,7 +313,7 @@ impl SqlCompiler<'_> {
         key: &str,
         key_position: usize,
         r: &Restriction,
-    ) -> Result<String, FilterError> {
+    ) -> Result<(), FilterError> {
         validate_map_key(key, key_position)?;
         let map_sql = map.sql;
         let value = &r.value;
@@ -243,9 +327,8 @@ impl SqlCompiler<'_> {
         } else {
             parse_decimal(&value.text).map(|number| ("number", SqlValue::Float(number)))
         };
-        let key_param = self.bind(SqlValue::Text(key.to_owned()));
         let Some((json_type, param)) = typed else {
-            return self.text_condition(&format!("({map_sql} ->> {key_param})"), r);
+            return self.text_condition(TextLhs::MapKey { map_sql, key }, r);
         };
         let (cast, allowed) = match json_type {
             "boolean" => ("boolean", CompareOp::EQUALITY),
@@ -262,13 +345,17 @@ impl SqlCompiler<'_> {
                 ),
             ));
         }
-        let value_param = self.bind(param);
         // The CASE keeps the cast from raising an error (and failing the whole query) on rows
-        // where the attribute holds another JSON type; those rows simply don't match.
-        Ok(format!(
-            "(CASE WHEN jsonb_typeof({map_sql} -> {key_param}) = '{json_type}' THEN ({map_sql} ->> {key_param})::{cast} END {} {value_param})",
-            r.op.sql()
-        ))
+        // where the attribute holds another JSON type; those rows simply don't match. The key is
+        // bound at each use.
+        self.sql(&format!("(CASE WHEN jsonb_typeof({map_sql} -> "));
+        self.bind(SqlValue::Text(key.to_owned()));
+        self.sql(&format!(") = '{json_type}' THEN ({map_sql} ->> "));
+        self.bind(SqlValue::Text(key.to_owned()));
+        self.sql(&format!(")::{cast} END {} ", r.op.sql()));
+        self.bind(param);
+        self.sql(")");
+        Ok(())
     }
 }
 
@@ -394,5 +481,7 @@ fn validate_map_key(key: &str, position: usize) -> Result<(), FilterError> {
     ))
 }
 
+#[cfg(test)]
+mod robustness;
 #[cfg(test)]
 mod tests;

@@ -22,8 +22,8 @@ use super::{OperationStore, parse_operation_name};
 use crate::auth::{Principal, require_scope};
 use crate::error::ApiError;
 use crate::filter::{self, FieldType, FilterSchema};
+use crate::list::PageSizes;
 use crate::page_token::{PageTokenCodec, query_fingerprint};
-use crate::paging::page_size;
 
 /// How often WaitOperation looks at the operation again.
 const WAIT_POLL: Duration = Duration::from_millis(100);
@@ -230,10 +230,12 @@ impl OperationsService {
         if !req.name.is_empty() && req.name != "operations" {
             return Err(ApiError::invalid("name", "must be empty or `operations`"));
         }
-        let limit = page_size(req.page_size, 50, 1000)?;
+        let limit = PageSizes::LIST
+            .resolve(req.page_size)
+            .ok_or_else(|| ApiError::invalid("page_size", "must not be negative"))?;
         let expr =
             filter::parse(&req.filter).map_err(|e| ApiError::invalid("filter", e.to_string()))?;
-        let sql_filter = filter::to_sql(&expr, &OPERATION_FILTER, 1)
+        let sql_filter = filter::to_sql(&expr, &OPERATION_FILTER)
             .map_err(|e| ApiError::invalid("filter", e.to_string()))?;
         let fingerprint = query_fingerprint(&["operations", &req.filter]);
         let before = if req.page_token.is_empty() {

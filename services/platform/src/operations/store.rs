@@ -8,11 +8,10 @@ use crm_proto::crm::common::v1::{OperationMetadata, Principal as CommonPrincipal
 use crm_proto::google::longrunning::{Operation, operation};
 use crm_proto::google::rpc;
 use prost::Message;
-use sqlx::{FromRow, PgConnection, PgPool};
+use sqlx::{FromRow, PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::{METADATA_TYPE, operation_name, pack};
-use crate::db::bind_filter_params;
 use crate::filter::SqlFilter;
 
 /// Where an operation is in its life.
@@ -127,28 +126,23 @@ pub(super) async fn fetch(pool: &PgPool, id: Uuid) -> Result<Option<OperationRow
         .await
 }
 
-/// Up to `limit` operations matching `filter` (placeholders from `$1`), newest first, after
-/// the id `before` (exclusive) when given. Ids are UUIDv7, so id order is creation order.
+/// Up to `limit` operations matching `filter`, newest first, after the id `before`
+/// (exclusive) when given. Ids are UUIDv7, so id order is creation order.
 pub(super) async fn list(
     pool: &PgPool,
     filter: &SqlFilter,
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<OperationRow>, sqlx::Error> {
-    let next = filter.params.len() + 1;
-    let sql = format!(
-        "SELECT {COLUMNS} FROM operations \
-         WHERE ({}) AND (${next}::uuid IS NULL OR id < ${next}) \
-         ORDER BY id DESC LIMIT ${}",
-        filter.sql,
-        next + 1
-    );
-    let query = sqlx::query_as::<_, OperationRow>(&sql);
-    bind_filter_params(query, &filter.params)
-        .bind(before)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+    let mut query =
+        QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM operations WHERE ("));
+    filter.push_to(&mut query);
+    query.push(")");
+    if let Some(before) = before {
+        query.push(" AND id < ").push_bind(before);
+    }
+    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    query.build_query_as().fetch_all(pool).await
 }
 
 /// Asks operation `id` to stop: a queued one ends CANCELLED at once (no worker has it), a

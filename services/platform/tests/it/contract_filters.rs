@@ -537,8 +537,7 @@ fn check_block(block: &FilterBlock, enums: &Enums) -> Vec<Failure> {
         }
     }
     for example in &block.examples {
-        let compiled =
-            filter::parse(&example.text).and_then(|expr| filter::to_sql(&expr, &schema, 1));
+        let compiled = filter::parse(&example.text).and_then(|expr| filter::to_sql(&expr, &schema));
         if let Err(error) = compiled {
             failures.push(fail(
                 example.line,

@@ -1,9 +1,9 @@
-//! Compiled filters run in PostgreSQL with their parameters bound by `bind_filter_params`: the
+//! Compiled filters run in PostgreSQL, pushed into a `QueryBuilder` that binds their values: the
 //! SQL and the bound types (text arrays for enum ordering, DATE, INTERVAL, UUID) agree with what
 //! PostgreSQL expects. No tables: the rows are a VALUES list.
 
-use crm_platform::db::bind_filter_params;
 use crm_platform::filter::{self, EnumDef, FieldType, FilterSchema};
+use sqlx::{Postgres, QueryBuilder};
 
 use crate::support::{admin_url, within};
 
@@ -30,11 +30,11 @@ fn schema() -> FilterSchema {
 /// The names of the rows `filter` selects.
 async fn select(filter: &str) -> Vec<String> {
     let expr = filter::parse(filter).unwrap();
-    let compiled = filter::to_sql(&expr, &schema(), 1).unwrap();
-    let sql = format!(
-        "SELECT t.name FROM {ROWS} WHERE {} ORDER BY t.name",
-        compiled.sql
-    );
+    let compiled = filter::to_sql(&expr, &schema()).unwrap();
+    let mut query = QueryBuilder::<Postgres>::new(format!("SELECT t.name FROM {ROWS} WHERE "));
+    compiled.push_to(&mut query);
+    query.push(" ORDER BY t.name");
+    let sql = query.sql().to_owned();
     let pool = within(sqlx::PgPool::connect(&admin_url()))
         .await
         .unwrap_or_else(|e| {
@@ -43,10 +43,9 @@ async fn select(filter: &str) -> Vec<String> {
                 admin_url()
             )
         });
-    let rows: Vec<(String,)> =
-        within(bind_filter_params(sqlx::query_as(&sql), &compiled.params).fetch_all(&pool))
-            .await
-            .unwrap_or_else(|e| panic!("{filter}: {sql}: {e}"));
+    let rows: Vec<(String,)> = within(query.build_query_as().fetch_all(&pool))
+        .await
+        .unwrap_or_else(|e| panic!("{filter}: {sql}: {e}"));
     pool.close().await;
     rows.into_iter().map(|(name,)| name).collect()
 }

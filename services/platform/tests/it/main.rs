@@ -8,6 +8,7 @@ mod db;
 mod feed;
 mod filter_sql;
 mod idempotency;
+mod list;
 mod operations;
 mod scopes;
 mod support;
