@@ -223,6 +223,8 @@ async fn serve(services: Vec<String>, config: Arc<Config>) -> anyhow::Result<()>
     let listener = tokio::net::TcpListener::bind(config.server.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen_addr))?;
+    ctx.loopback
+        .announce(listener.local_addr()?, names.iter().copied());
     let result = crm_platform::server::serve(&config, modules, listener, shutdown).await;
     telemetry.shutdown();
     result

@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::{AuthPolicy, MethodScopes};
+use crate::client::Loopback;
 use crate::config::Config;
 use crate::db::Database;
 use crate::middleware::{AuthLayer, DeadlineLayer, ObservabilityLayer, RunToCompletionLayer};
@@ -31,6 +32,9 @@ pub struct ServiceContext {
     pub page_tokens: PageTokenCodec,
     /// Cancelled when the process shuts down; background loops stop on it.
     pub shutdown: CancellationToken,
+    /// The services this process serves and where, for clients calling them over loopback;
+    /// whoever binds the listener announces it ([`Loopback::announce`]).
+    pub loopback: Loopback,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -47,6 +51,7 @@ impl ServiceContext {
             config,
             page_tokens,
             shutdown,
+            loopback: Loopback::default(),
         }
     }
 }
