@@ -13,9 +13,10 @@
 //!   `clients.<service>.resolve_interval_secs`, so scaled pods join and gone ones leave. Without
 //!   an endpoint, a service this process serves itself is called over loopback (all-in-one
 //!   mode takes the same path as production);
-//! - carries `grpc-timeout` = the shorter of the incoming call's remaining deadline and
-//!   `clients.<service>.timeout_ms`; a deadline already passed fails with DEADLINE_EXCEEDED
-//!   without calling;
+//! - carries `grpc-timeout` = the shorter of the incoming call's remaining deadline and the
+//!   call's own timeout: the one the caller set on the request (`Request::set_timeout`, e.g. a
+//!   long-lived stream), else `clients.<service>.timeout_ms`; a deadline already passed fails
+//!   with DEADLINE_EXCEEDED without calling;
 //! - is retried on UNAVAILABLE when the caller declared its method idempotent (gRPC's retry
 //!   design: backoff with jitter, never past the deadline, never once the response started),
 //!   at most `clients.<service>.max_attempts` attempts;
@@ -294,12 +295,8 @@ impl Shared {
         span: &tracing::Span,
     ) -> Response<tonic::body::Body> {
         let (mut parts, body) = request.into_parts();
-        let asked = crate::middleware::grpc_timeout(&parts.headers);
-        let budget = [Some(self.timeout), context.remaining(), asked]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(self.timeout);
+        let own = crate::middleware::grpc_timeout(&parts.headers).unwrap_or(self.timeout);
+        let budget = context.remaining().map_or(own, |left| left.min(own));
         if budget.is_zero() {
             return status_response(Status::deadline_exceeded(format!(
                 "the deadline passed before {} was called",

@@ -49,8 +49,8 @@ pub struct ClientConfig {
     /// server, which must serve it (all-in-one mode).
     #[serde(default)]
     pub endpoint: Option<String>,
-    /// `clients.<service>.timeout_ms`: deadline of each call, shortened to what is left of the
-    /// deadline of the call being served. Default 2000.
+    /// `clients.<service>.timeout_ms`: deadline of each call that sets none itself, shortened
+    /// to what is left of the deadline of the call being served. Default 2000.
     #[serde(default = "default_client_timeout_ms")]
     pub timeout_ms: u64,
     /// `clients.<service>.resolve_interval_secs`: how often the endpoint's name is resolved

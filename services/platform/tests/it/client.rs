@@ -371,6 +371,33 @@ async fn a_passed_deadline_fails_fast_without_calling() {
 }
 
 #[tokio::test]
+async fn a_timeout_set_on_the_request_replaces_the_clients_default() {
+    let stop = CancellationToken::new();
+    let fixture = Fixture::new("patient");
+    let resolver = TestResolver::default();
+    resolver.set(&[serve(fixture.clone(), &stop).await]);
+    let ctx = context("patient", &[("TIMEOUT_MS", "2000")], &stop);
+    let mut client = health_client(&ctx, "patient", &resolver, &[]);
+    let mut request = Request::new(check());
+    request.set_timeout(Duration::from_secs(60));
+
+    within(client.check(request)).await.unwrap();
+    within(client.check(check())).await.unwrap();
+
+    let sent: Vec<u64> = fixture
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| m.get("grpc-timeout").unwrap().to_str().unwrap())
+        .map(|t| t.strip_suffix('m').unwrap().parse().unwrap())
+        .collect();
+    assert!((2001..=60_000).contains(&sent[0]), "{sent:?}");
+    assert!((1..=2000).contains(&sent[1]), "{sent:?}");
+    stop.cancel();
+}
+
+#[tokio::test]
 async fn the_token_carries_the_callers_name_and_only_its_declared_scopes() {
     let stop = CancellationToken::new();
     let fixture = Fixture::new("auth");
