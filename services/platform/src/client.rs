@@ -49,6 +49,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 use tower::{BoxError, ServiceExt as _};
+use tracing::Instrument as _;
 
 pub use self::context::{CallContext, CallDeadline};
 pub use self::observe::ClientBody;
@@ -261,7 +262,8 @@ impl tower::Service<Request<tonic::body::Body>> for ServiceClient {
             rpc.method = %request.uri().path(),
         );
         let shared = self.shared.clone();
-        Box::pin(async move { Ok(shared.send(request, context, span).await) })
+        let within = span.clone();
+        Box::pin(async move { Ok(shared.send(request, context, &span).await) }.instrument(within))
     }
 }
 
@@ -271,10 +273,10 @@ impl Shared {
         &self,
         request: Request<tonic::body::Body>,
         context: CallContext,
-        span: tracing::Span,
+        span: &tracing::Span,
     ) -> Response<ClientBody> {
         let mut recorder = CallRecorder::new(&self.target, request.uri().path());
-        let response = self.attempts(request, &context, &span).await;
+        let response = self.attempts(request, &context, span).await;
         let recorder = match response.headers().get("grpc-status") {
             // Trailers-only: the outcome is known now.
             Some(code) => {
