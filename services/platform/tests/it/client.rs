@@ -576,3 +576,33 @@ async fn trace_context_and_request_id_reach_the_callee() {
     assert_eq!(fixture.header("x-request-id"), "relay-request-1");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn with_trace_export_on_the_callee_continues_the_trace_from_the_callers_span() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    // Thread-local, and this test's runtime (servers included) runs on this one thread.
+    let _tracing = tracing::subscriber::set_default(subscriber);
+    let stop = CancellationToken::new();
+    let (addr, fixture) = relay("exported", &stop).await;
+    let (trace_id, caller_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let mut request = Request::new(check());
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+    );
+
+    call_relay(addr, request).await;
+
+    let traceparent = fixture.header("traceparent");
+    let fields: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(fields[1], trace_id, "the same trace: {traceparent}");
+    assert_ne!(
+        fields[2], caller_span,
+        "the parent is the relay's own client span: {traceparent}"
+    );
+    stop.cancel();
+}
