@@ -45,7 +45,8 @@ pub struct Observability<S> {
     inner: S,
 }
 
-struct HeaderExtractor<'a>(&'a HeaderMap);
+/// Reads W3C trace context from request headers.
+pub(crate) struct HeaderExtractor<'a>(pub(crate) &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -84,7 +85,8 @@ fn code_of_error(err: &BoxError) -> Code {
     }
 }
 
-fn code_of_header(value: &HeaderValue) -> Code {
+/// The gRPC status code in a `grpc-status` header or trailer.
+pub(crate) fn code_of_header(value: &HeaderValue) -> Code {
     value
         .to_str()
         .ok()

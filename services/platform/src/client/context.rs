@@ -13,12 +13,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::Injector;
 use opentelemetry::trace::TraceContextExt as _;
 use tokio::time::Instant;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::middleware::RequestId;
+use crate::middleware::{HeaderExtractor, RequestId};
 
 tokio::task_local! {
     static CURRENT: CallContext;
@@ -86,18 +86,6 @@ impl CallContext {
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(context, &mut HeaderInjector(headers));
         });
-    }
-}
-
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
     }
 }
 

@@ -6,20 +6,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 use tonic::Code;
 
-/// The gRPC status code in a `grpc-status` header or trailer.
-pub(crate) fn code_of(value: &HeaderValue) -> Code {
-    value
-        .to_str()
-        .ok()
-        .and_then(|s| s.parse::<i32>().ok())
-        .map(Code::from_i32)
-        .unwrap_or(Code::Unknown)
-}
+pub(crate) use crate::middleware::code_of_header as code_of;
 
 /// Records one outgoing call's outcome, at most once.
 pub(crate) struct CallRecorder {
