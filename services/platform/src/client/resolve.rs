@@ -124,12 +124,16 @@ pub(crate) async fn follow(
     shutdown: CancellationToken,
 ) {
     let mut current = BTreeSet::new();
-    let mut next = Box::pin(next_addresses(&target, &source, false));
+    let mut next = Box::pin(next_addresses(&target, &source, Refresh::Now));
     loop {
         let found = tokio::select! {
             found = &mut next => found,
             () = changes.closed() => return,
             () = shutdown.cancelled() => return,
+        };
+        let refresh = match &found {
+            Ok(addrs) if !addrs.is_empty() => Refresh::Scheduled,
+            _ => Refresh::Soon,
         };
         match found {
             Ok(addrs) => {
@@ -153,7 +157,7 @@ pub(crate) async fn follow(
                 }
             }
         }
-        next = Box::pin(next_addresses(&target, &source, true));
+        next = Box::pin(next_addresses(&target, &source, refresh));
     }
 }
 
@@ -162,11 +166,26 @@ enum Failure {
     Transient(io::Error),
 }
 
-/// The addresses of `source`, after waiting for its next refresh when `refresh` is set.
+/// When to resolve again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refresh {
+    /// At once (the first time).
+    Now,
+    /// After the configured interval.
+    Scheduled,
+    /// Sooner than the interval: the last answer was a failure or empty, and the target's
+    /// first pods (or DNS) may be moments away.
+    Soon,
+}
+
+/// How soon a failed or empty resolution is tried again, when the interval is longer.
+const RETRY_SOON: Duration = Duration::from_secs(1);
+
+/// The addresses of `source`, once `refresh` says to look again.
 async fn next_addresses(
     target: &str,
     source: &Source,
-    refresh: bool,
+    refresh: Refresh,
 ) -> Result<BTreeSet<SocketAddr>, Failure> {
     match source {
         Source::Name {
@@ -175,8 +194,10 @@ async fn next_addresses(
             resolver,
             interval,
         } => {
-            if refresh {
-                tokio::time::sleep(*interval).await;
+            match refresh {
+                Refresh::Now => {}
+                Refresh::Scheduled => tokio::time::sleep(*interval).await,
+                Refresh::Soon => tokio::time::sleep((*interval).min(RETRY_SOON)).await,
             }
             let addrs = resolver
                 .resolve(host, *port)
@@ -186,16 +207,16 @@ async fn next_addresses(
         }
         Source::Loopback(loopback) => {
             let mut local = loopback.local.subscribe();
-            if refresh {
+            if refresh != Refresh::Now {
                 // A later announcement (a restarted server) is the only change there can be.
                 let _ = local.changed().await;
             }
             let announced = local
                 .wait_for(Option::is_some)
                 .await
-                .map_err(|_| Failure::Misconfigured("the local server is gone".into()))?;
-            let server = announced.as_ref().expect("waited for an announcement");
-            if server.services.contains(target) {
+                .map_err(|_| Failure::Misconfigured("the local server is gone".into()))?
+                .clone();
+            if let Some(server) = announced.filter(|s| s.services.contains(target)) {
                 Ok(BTreeSet::from([server.addr]))
             } else {
                 Err(Failure::Misconfigured(format!(

@@ -255,6 +255,28 @@ async fn re_resolution_adds_new_addresses_and_drops_gone_ones() {
 }
 
 #[tokio::test]
+async fn a_name_with_no_address_fails_unavailable_until_its_first_pod_appears() {
+    let stop = CancellationToken::new();
+    let first = Fixture::new("first");
+    let addr = serve(first.clone(), &stop).await;
+    let resolver = TestResolver::default();
+    let ctx = context("empty", &[("RESOLVE_INTERVAL_SECS", "300")], &stop);
+    let mut client = health_client(&ctx, "empty", &resolver, &[]);
+
+    let status = within(client.check(check())).await.unwrap_err();
+    resolver.set(&[addr]);
+
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // Looked up again well before the 300 s interval, because the last answer was empty.
+    eventually("the first pod receives calls", || {
+        let mut client = client.clone();
+        async move { client.check(check()).await.is_ok() }
+    })
+    .await;
+    stop.cancel();
+}
+
+#[tokio::test]
 async fn an_unset_endpoint_calls_the_service_this_process_serves_over_loopback() {
     let stop = CancellationToken::new();
     let local = Fixture::new("local");
