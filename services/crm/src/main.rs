@@ -202,6 +202,10 @@ async fn serve(services: Vec<String>, config: Arc<Config>) -> anyhow::Result<()>
     let listener = tokio::net::TcpListener::bind(config.server.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen_addr))?;
+    // Calls between services served here go over loopback, through the same client as in a
+    // cluster.
+    ctx.loopback
+        .announce(listener.local_addr()?, modules.iter().map(|m| m.name));
     let result = crm_platform::server::serve(&config, modules, listener, shutdown).await;
     telemetry.shutdown();
     result

@@ -39,21 +39,52 @@ pub struct Config {
     pub clients: std::collections::BTreeMap<String, ClientConfig>,
 }
 
-/// `clients.<service>.*`: how to call another CRM Suite service.
+/// `clients.<service>.*`: how to call another CRM Suite service (see [`crate::client`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// `clients.<service>.endpoint`: the service's gRPC address, e.g.
     /// `http://crm-customer-headless:50051` (a headless Service name, so the client balances over
-    /// every pod it resolves).
-    pub endpoint: String,
-    /// `clients.<service>.timeout_ms`: deadline of each call. Default 2000.
+    /// every pod it resolves). Unset: the service is called over loopback on this process's own
+    /// server, which must serve it (all-in-one mode).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `clients.<service>.timeout_ms`: deadline of each call that sets none itself, shortened
+    /// to what is left of the deadline of the call being served. Default 2000.
     #[serde(default = "default_client_timeout_ms")]
     pub timeout_ms: u64,
+    /// `clients.<service>.resolve_interval_secs`: how often the endpoint's name is resolved
+    /// again, so pods that joined receive calls and gone ones stop receiving them. Default 30.
+    #[serde(default = "default_resolve_interval_secs")]
+    pub resolve_interval_secs: u64,
+    /// `clients.<service>.max_attempts`: attempts of a call to a method the caller declared
+    /// idempotent when it fails with UNAVAILABLE, the first included; 1 disables retries.
+    /// 1..=5. Default 3.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            timeout_ms: default_client_timeout_ms(),
+            resolve_interval_secs: default_resolve_interval_secs(),
+            max_attempts: default_max_attempts(),
+        }
+    }
 }
 
 fn default_client_timeout_ms() -> u64 {
     2000
+}
+
+fn default_resolve_interval_secs() -> u64 {
+    30
+}
+
+fn default_max_attempts() -> u32 {
+    3
 }
 
 /// `server.*`
@@ -208,6 +239,36 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("telemetry.service_name", "crm"),
 ];
 
+impl ClientConfig {
+    fn validate(&self, service: &str) -> Result<(), ConfigError> {
+        let key = |name: &str| format!("clients.{service}.{name}");
+        if let Some(endpoint) = &self.endpoint
+            && !endpoint.starts_with("http://")
+        {
+            return Err(ConfigError::key(
+                &key("endpoint"),
+                "must start with http:// (TLS between services belongs to the mesh)",
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::key(&key("timeout_ms"), "must be at least 1"));
+        }
+        if self.resolve_interval_secs == 0 {
+            return Err(ConfigError::key(
+                &key("resolve_interval_secs"),
+                "must be at least 1",
+            ));
+        }
+        if !(1..=5).contains(&self.max_attempts) {
+            return Err(ConfigError::key(
+                &key("max_attempts"),
+                "must be within 1..=5",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Loads the configuration from the defaults, the optional file, and the process
     /// environment.
@@ -333,13 +394,7 @@ impl Config {
             ));
         }
         for (service, client) in &self.clients {
-            if !(client.endpoint.starts_with("http://") || client.endpoint.starts_with("https://"))
-            {
-                return Err(ConfigError::key(
-                    &format!("clients.{service}.endpoint"),
-                    "must start with http:// or https://",
-                ));
-            }
+            client.validate(service)?;
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return Err(ConfigError::key(
@@ -458,10 +513,60 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            config.clients["customer"].endpoint,
-            "http://crm-customer-headless:50051"
+            config.clients["customer"].endpoint.as_deref(),
+            Some("http://crm-customer-headless:50051")
         );
         assert_eq!(config.clients["customer"].timeout_ms, 2000);
+        assert_eq!(config.clients["customer"].resolve_interval_secs, 30);
+        assert_eq!(config.clients["customer"].max_attempts, 3);
+    }
+
+    #[test]
+    fn a_client_needs_no_endpoint_to_be_tuned() {
+        let config =
+            Config::load_from(None, env(&[("CRM__CLIENTS__CUSTOMER__TIMEOUT_MS", "500")])).unwrap();
+
+        assert_eq!(config.clients["customer"].endpoint, None);
+        assert_eq!(config.clients["customer"].timeout_ms, 500);
+    }
+
+    #[test]
+    fn bad_client_keys_are_named() {
+        for (var, value, key) in [
+            (
+                "CRM__CLIENTS__SALES__ENDPOINT",
+                "sales:50051",
+                "clients.sales.endpoint",
+            ),
+            (
+                "CRM__CLIENTS__SALES__ENDPOINT",
+                "https://sales:443",
+                "clients.sales.endpoint",
+            ),
+            (
+                "CRM__CLIENTS__SALES__MAX_ATTEMPTS",
+                "6",
+                "clients.sales.max_attempts",
+            ),
+            (
+                "CRM__CLIENTS__SALES__MAX_ATTEMPTS",
+                "0",
+                "clients.sales.max_attempts",
+            ),
+            (
+                "CRM__CLIENTS__SALES__TIMEOUT_MS",
+                "0",
+                "clients.sales.timeout_ms",
+            ),
+            (
+                "CRM__CLIENTS__SALES__RESOLVE_INTERVAL_SECS",
+                "0",
+                "clients.sales.resolve_interval_secs",
+            ),
+        ] {
+            let err = Config::load_from(None, env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::auth::AuthPolicy;
+use crate::client::{CallContext, CallDeadline};
 
 /// Header carrying the request id, read from the caller or generated, and echoed back.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -44,7 +45,8 @@ pub struct Observability<S> {
     inner: S,
 }
 
-struct HeaderExtractor<'a>(&'a HeaderMap);
+/// Reads W3C trace context from request headers.
+pub(crate) struct HeaderExtractor<'a>(pub(crate) &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -83,7 +85,8 @@ fn code_of_error(err: &BoxError) -> Code {
     }
 }
 
-fn code_of_header(value: &HeaderValue) -> Code {
+/// The gRPC status code in a `grpc-status` header or trailer.
+pub(crate) fn code_of_header(value: &HeaderValue) -> Code {
     value
         .to_str()
         .ok()
@@ -366,11 +369,15 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let budget =
             grpc_timeout(request.headers()).map_or(self.default, |asked| asked.min(self.default));
         // Started here, in `call`, so it runs from the same instant as tonic's (see above).
         let expired = tokio::time::sleep(budget);
+        // The handler's outgoing calls get what is left of it (see `crate::client`).
+        request
+            .extensions_mut()
+            .insert(CallDeadline(expired.deadline()));
         let call = self.inner.call(request);
         Box::pin(async move {
             tokio::select! {
@@ -388,7 +395,8 @@ where
 
 /// Runs each call's handler in a task of its own, so that a caller going away (a reset stream,
 /// a passed deadline) cannot drop the handler halfway through: its work finishes and its answer
-/// is dropped.
+/// is dropped. The task runs in the call's [`CallContext`], so the handler's outgoing calls
+/// carry its deadline, request id and trace context.
 ///
 /// A handler dropped at an `.await` can leave a pooled connection inside a transaction: sqlx
 /// (0.8) counts a transaction only once PostgreSQL has answered `BEGIN`, so a future dropped
@@ -431,8 +439,13 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let context = CallContext::of(&request);
         let call = inner.call(request);
-        let handler = tokio::spawn(async move { call.await.map_err(Into::into) }.in_current_span());
+        let handler = tokio::spawn(
+            context
+                .scope(async move { call.await.map_err(Into::into) })
+                .in_current_span(),
+        );
         Box::pin(async move {
             match handler.await {
                 Ok(result) => result,
@@ -511,30 +524,6 @@ where
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
         }
     }
-}
-
-/// Injects the current span's trace context into outgoing gRPC metadata, for clients one
-/// service builds to call another: `Client::with_interceptor(channel, inject_trace_context)`.
-#[allow(clippy::result_large_err)]
-pub fn inject_trace_context(
-    mut request: tonic::Request<()>,
-) -> Result<tonic::Request<()>, tonic::Status> {
-    struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
-    impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
-        fn set(&mut self, key: &str, value: String) {
-            if let (Ok(key), Ok(value)) = (
-                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-                tonic::metadata::MetadataValue::try_from(value.as_str()),
-            ) {
-                self.0.insert(key, value);
-            }
-        }
-    }
-    let context = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
-    });
-    Ok(request)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::{AuthPolicy, ContractScopes};
+use crate::client::Loopback;
 use crate::config::Config;
 use crate::db::Database;
 use crate::middleware::{AuthLayer, DeadlineLayer, ObservabilityLayer, RunToCompletionLayer};
@@ -32,6 +33,9 @@ pub struct ServiceContext {
     pub page_tokens: PageTokenCodec,
     /// Cancelled when the process shuts down; background loops stop on it.
     pub shutdown: CancellationToken,
+    /// The services this process serves and where, for clients calling them over loopback;
+    /// whoever binds the listener announces it ([`Loopback::announce`]).
+    pub loopback: Loopback,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -48,6 +52,7 @@ impl ServiceContext {
             config,
             page_tokens,
             shutdown,
+            loopback: Loopback::default(),
         }
     }
 }

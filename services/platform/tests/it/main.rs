@@ -3,6 +3,7 @@
 //! tests run in parallel; without PostgreSQL or Redis they fail, naming the variable to set.
 
 mod cache;
+mod client;
 mod contract_filters;
 mod db;
 mod feed;
