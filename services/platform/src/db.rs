@@ -12,8 +12,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use secrecy::ExposeSecret;
 use futures::future::BoxFuture;
+use secrecy::ExposeSecret;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

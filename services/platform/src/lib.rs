@@ -17,5 +17,7 @@ pub mod page_token;
 pub mod paging;
 pub mod server;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{ApiError, FieldViolations};

@@ -6,5 +6,7 @@ mod cache;
 mod contract_filters;
 mod db;
 mod filter_sql;
+mod fixture;
 mod idempotency;
+mod serving;
 mod support;
