@@ -11,7 +11,7 @@ use tonic_health::pb::health_client::HealthClient;
 use super::auth::{AuthorizedChannel, BearerAuth, JWT_SECRET};
 use super::backends::{redis_connection, redis_url};
 use super::database::{fresh_database, pool};
-use super::wait::WAIT;
+use super::wait::{WAIT, within};
 use crate::config::Config;
 use crate::server::{ServiceContext, ServiceModule};
 
@@ -142,6 +142,13 @@ impl TestApp {
         with_interceptor: impl FnOnce(Channel, BearerAuth) -> C,
     ) -> C {
         with_interceptor(self.channel().await, BearerAuth::new(token))
+    }
+
+    /// Waits (at most [`WAIT`]) for the server task to end, once [`TestApp::shutdown`] was
+    /// cancelled, and returns what `serve` returned.
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        let server = std::mem::replace(&mut self.server, tokio::spawn(async { Ok(()) }));
+        within(server).await.expect("the server task did not panic")
     }
 
     /// A pool on the server's database (through whatever proxy the server uses).

@@ -10,3 +10,4 @@ mod fixture;
 mod idempotency;
 mod serving;
 mod support;
+mod testkit;

@@ -43,6 +43,26 @@ fn wait(name: &str) -> lro::WaitOperationRequest {
     }
 }
 
+/// Starts a `WaitOperation` call named `name` that the fixture holds until its gate opens, and
+/// returns once the call has reached the service.
+async fn hold(
+    app: &TestApp,
+    fixture: &Fixture,
+    name: &str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<lro::Operation>, tonic::Status>> {
+    let reached = fixture.calls() + 1;
+    let held = tokio::spawn({
+        let mut client = client(app).await;
+        let request = wait(name);
+        async move { client.wait_operation(request).await }
+    });
+    eventually("the held call reaches the service", || async {
+        fixture.calls() == reached
+    })
+    .await;
+    held
+}
+
 #[tokio::test]
 async fn health_answers_for_the_server_and_each_service_without_a_token() {
     let app = spawn(&Fixture::new(), &[]).await;
@@ -168,14 +188,7 @@ async fn above_the_concurrency_limit_calls_are_shed_until_the_call_in_flight_fin
     let fixture = Fixture::new();
     let app = spawn(&fixture, &[("CRM__SERVER__CONCURRENCY_LIMIT", "1")]).await;
     let client = client(&app).await;
-    let held = tokio::spawn({
-        let mut client = client.clone();
-        async move { client.wait_operation(wait("operations/held")).await }
-    });
-    eventually("the held call reaches the service", || async {
-        fixture.calls() == 1
-    })
-    .await;
+    let held = hold(&app, &fixture, "operations/held").await;
 
     let shed = client
         .clone()
@@ -202,14 +215,7 @@ async fn shutdown_lets_a_call_in_flight_finish_before_the_server_stops() {
     // A grace far longer than the test waits: the server has to stop because the call ended,
     // not because the drain bound ran out.
     let mut app = spawn(&fixture, &[("CRM__SERVER__SHUTDOWN_GRACE_SECS", "120")]).await;
-    let held = tokio::spawn({
-        let mut client = client(&app).await;
-        async move { client.wait_operation(wait("operations/held")).await }
-    });
-    eventually("the held call reaches the service", || async {
-        fixture.calls() == 1
-    })
-    .await;
+    let held = hold(&app, &fixture, "operations/held").await;
 
     // What SIGTERM does.
     app.shutdown.cancel();
@@ -219,8 +225,7 @@ async fn shutdown_lets_a_call_in_flight_finish_before_the_server_stops() {
     .await;
     fixture.open();
     let finished = within(held).await.unwrap();
-    let server = std::mem::replace(&mut app.server, tokio::spawn(async { Ok(()) }));
-    let stopped = within(server).await;
+    let stopped = app.stopped().await;
 
     assert_eq!(
         finished
@@ -229,29 +234,17 @@ async fn shutdown_lets_a_call_in_flight_finish_before_the_server_stops() {
             .name,
         "operations/held"
     );
-    stopped
-        .expect("the server task did not panic")
-        .expect("the server stopped cleanly");
+    stopped.expect("the server stopped cleanly");
 }
 
 #[tokio::test]
 async fn shutdown_with_a_call_that_never_finishes_returns_after_the_grace_period_saying_so() {
     let fixture = Fixture::new();
     let mut app = spawn(&fixture, &[("CRM__SERVER__SHUTDOWN_GRACE_SECS", "1")]).await;
-    let stuck = tokio::spawn({
-        let mut client = client(&app).await;
-        async move { client.wait_operation(wait("operations/stuck")).await }
-    });
-    eventually("the stuck call reaches the service", || async {
-        fixture.calls() == 1
-    })
-    .await;
+    let stuck = hold(&app, &fixture, "operations/stuck").await;
 
     app.shutdown.cancel();
-    let server = std::mem::replace(&mut app.server, tokio::spawn(async { Ok(()) }));
-    let stopped = within(server)
-        .await
-        .expect("the server task does not panic");
+    let stopped = app.stopped().await;
 
     let err = stopped.expect_err("a drain cut short is not a clean stop");
     assert!(err.downcast_ref::<DrainCut>().is_some(), "{err:#}");
