@@ -21,7 +21,7 @@ pub use crm_platform::testing::{
 };
 // Part of the harness tests are written against, whether or not a test uses them today.
 #[allow(unused_imports)]
-pub use crm_platform::testing::{admin_url, wait_serving};
+pub use crm_platform::testing::{admin_url, eventually, wait_serving};
 
 /// The longest a test waits for any one answer from a server before failing.
 pub const CALL_TIMEOUT: Duration = testing::WAIT;
