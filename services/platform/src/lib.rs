@@ -20,5 +20,7 @@ pub mod operations;
 pub mod page_token;
 pub mod server;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{ApiError, FieldViolations};

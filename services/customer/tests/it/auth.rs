@@ -1,9 +1,10 @@
 //! Bearer tokens and scopes on every RPC of CustomerService, over real gRPC; health and
-//! reflection stay open.
+//! reflection staying open is the platform's (crm-platform's `serving` tests).
 
 use std::time::Duration;
 
 use crate::common::{Client, JWT_SECRET, TestApp, ada, consent, spawn_app, within};
+use crm_platform::testing::signed as sign;
 use crm_proto::crm::common::v1::Channel;
 use crm_proto::crm::customer::v1 as pb;
 use tonic::{Code, Status};
@@ -281,56 +282,6 @@ async fn a_malformed_authorization_header_is_unauthenticated() {
     assert_eq!(customer_count(&app).await, 0);
 }
 
-#[tokio::test]
-async fn health_needs_no_token() {
-    let app = spawn_app().await;
-
-    assert_eq!(crate::common::health_of(app.addr).await, 1);
-}
-
-#[tokio::test]
-async fn reflection_lists_the_services_without_a_token() {
-    let app = spawn_app().await;
-    let mut grpc = tonic::client::Grpc::new(app.channel().await);
-    grpc.ready().await.expect("the channel is ready");
-    let request = tonic::Request::new(tokio_stream::once(reflection::Request {
-        host: String::new(),
-        list_services: Some(String::new()),
-    }));
-
-    let mut responses = grpc
-        .streaming(
-            request,
-            tonic::codegen::http::uri::PathAndQuery::from_static(
-                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            ),
-            reflection::Codec,
-        )
-        .await
-        .expect("reflection answers without a token")
-        .into_inner();
-    let response = within(responses.message())
-        .await
-        .expect("a reflection response")
-        .expect("one message");
-
-    let names: Vec<String> = response
-        .list_services_response
-        .expect("a list of services")
-        .service
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    assert!(
-        names.iter().any(|n| n == crm_customer::GRPC_SERVICE),
-        "{names:?}"
-    );
-    assert!(
-        names.iter().any(|n| n == "grpc.health.v1.Health"),
-        "{names:?}"
-    );
-}
-
 /// Two active customers that the calls below act on.
 struct Fixture {
     customer: pb::Customer,
@@ -582,94 +533,9 @@ fn mint(secret: &str, issuer: &str, audience: &str) -> String {
     )
 }
 
-/// Signs `claims` with the test key (HS256): `mint_token` only issues live tokens.
-fn sign(claims: &crm_platform::auth::Claims) -> String {
-    use base64::Engine;
-    use hmac::Mac;
-    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let header = encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = encode(serde_json::to_string(claims).unwrap().as_bytes());
-    let signing_input = format!("{header}.{payload}");
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(JWT_SECRET.as_bytes()).unwrap();
-    mac.update(signing_input.as_bytes());
-    format!("{signing_input}.{}", encode(&mac.finalize().into_bytes()))
-}
-
 async fn customer_count(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM customer.customers")
         .fetch_one(&app.pool().await)
         .await
         .unwrap()
-}
-
-/// The few `grpc.reflection.v1` messages a `list_services` call needs, with a prost codec for
-/// them (this crate does not depend on tonic-reflection).
-mod reflection {
-    use tonic::Status;
-    use tonic::codec::{DecodeBuf, Decoder, EncodeBuf, Encoder};
-
-    /// `ServerReflectionRequest` with its `list_services` member.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Request {
-        #[prost(string, tag = "1")]
-        pub host: String,
-        #[prost(string, optional, tag = "7")]
-        pub list_services: Option<String>,
-    }
-
-    /// `ServerReflectionResponse` with its `list_services_response` member.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Response {
-        #[prost(message, optional, tag = "6")]
-        pub list_services_response: Option<ListServices>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ListServices {
-        #[prost(message, repeated, tag = "1")]
-        pub service: Vec<Service>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Service {
-        #[prost(string, tag = "1")]
-        pub name: String,
-    }
-
-    pub struct Codec;
-
-    impl tonic::codec::Codec for Codec {
-        type Encode = Request;
-        type Decode = Response;
-        type Encoder = Codec;
-        type Decoder = Codec;
-
-        fn encoder(&mut self) -> Self::Encoder {
-            Codec
-        }
-
-        fn decoder(&mut self) -> Self::Decoder {
-            Codec
-        }
-    }
-
-    impl Encoder for Codec {
-        type Item = Request;
-        type Error = Status;
-
-        fn encode(&mut self, item: Request, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-            prost::Message::encode(&item, dst).map_err(|e| Status::internal(e.to_string()))
-        }
-    }
-
-    impl Decoder for Codec {
-        type Item = Response;
-        type Error = Status;
-
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Response>, Status> {
-            <Response as prost::Message>::decode(src)
-                .map(Some)
-                .map_err(|e| Status::internal(e.to_string()))
-        }
-    }
 }

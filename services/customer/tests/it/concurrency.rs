@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{CALL_TIMEOUT, Client, TestApp, ada, config, consent, fresh_database, within};
-use crm_platform::server::DrainCut;
 use crm_proto::crm::common::v1::Channel;
 use crm_proto::crm::customer::v1 as pb;
 use futures::future::{BoxFuture, join_all};
@@ -76,19 +75,6 @@ fn all_succeeded<T>(rpc: &str, results: Vec<Result<T, tonic::Status>>) -> Vec<T>
     results.into_iter().map(Result::unwrap).collect()
 }
 
-/// Polls `condition` until it holds, failing with `what` after `CALL_TIMEOUT`.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The (state, wait event type) of each of the service's pooled connections to the test database.
 async fn pool_connections(pool: &PgPool) -> Vec<(String, String)> {
     sqlx::query_as(
@@ -99,20 +85,6 @@ async fn pool_connections(pool: &PgPool) -> Vec<(String, String)> {
     .fetch_all(pool)
     .await
     .expect("reading pg_stat_activity")
-}
-
-/// Waits until the service has a connection waiting for a row lock.
-async fn wait_until_blocked_on_a_lock(pool: &PgPool) {
-    eventually(
-        "no call of the service ever waited for the row lock",
-        || async {
-            pool_connections(pool)
-                .await
-                .iter()
-                .any(|(_, wait)| wait == "Lock")
-        },
-    )
-    .await;
 }
 
 /// Waits until none of the service's connections is running a statement or sits inside a
@@ -836,120 +808,4 @@ async fn assert_whole_or_nothing(pool: &PgPool, id: &str, new_name: &str) {
         if renamed { (2, 2) } else { (1, 1) },
         "renamed: {renamed}; the row's version and its change events disagree"
     );
-}
-
-#[tokio::test]
-async fn the_callers_request_id_is_echoed_in_the_response_metadata() {
-    let app = small_pool_app(&[]).await;
-    let client = app.client().await;
-    let mut request = client.request(pb::CreateCustomerRequest {
-        customer: Some(ada()),
-        request_id: String::new(),
-    });
-    request
-        .metadata_mut()
-        .insert("x-request-id", "trace-me-42".parse().unwrap());
-
-    let response = client.inner.clone().create_customer(request).await.unwrap();
-
-    assert_eq!(
-        response
-            .metadata()
-            .get("x-request-id")
-            .map(|v| v.to_str().unwrap()),
-        Some("trace-me-42")
-    );
-    assert!(response.into_inner().customer.is_some());
-}
-
-#[tokio::test]
-async fn a_request_id_is_generated_and_echoed_when_the_caller_sends_none() {
-    let app = small_pool_app(&[]).await;
-    let client = app.client().await;
-    let mut inner = client.inner.clone();
-
-    let first = inner
-        .get_customer(client.request(pb::GetCustomerRequest {
-            id: Uuid::now_v7().to_string(),
-        }))
-        .await
-        .unwrap_err();
-    let second = inner
-        .create_customer(client.request(pb::CreateCustomerRequest {
-            customer: Some(ada()),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap();
-
-    let ids: Vec<Uuid> = [first.metadata(), second.metadata()]
-        .into_iter()
-        .map(|metadata| {
-            let id = metadata
-                .get("x-request-id")
-                .expect("the response carries x-request-id")
-                .to_str()
-                .unwrap();
-            Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id} is not a UUID: {e}"))
-        })
-        .collect();
-    assert_eq!(first.code(), Code::NotFound, "{first:?}");
-    assert_ne!(ids[0], ids[1], "each call gets its own id");
-}
-
-#[tokio::test]
-async fn above_the_concurrency_limit_calls_are_shed_until_the_call_in_flight_finishes() {
-    let app = small_pool_app(&[("CRM__SERVER__CONCURRENCY_LIMIT", "1")]).await;
-    let client = app.client().await;
-    let created = client.create(ada()).await.unwrap();
-    let pool = app.pool().await;
-    let lock = lock_row(&pool, &created.id).await;
-    let held = tokio::spawn({
-        let mut inner = client.inner.clone();
-        let request = client.request(rename(&created, "Held"));
-        async move { inner.update_customer(request).await }
-    });
-    wait_until_blocked_on_a_lock(&pool).await;
-
-    let shed = client.create(ada()).await.unwrap_err();
-
-    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM customer.customers").await,
-        1,
-        "the shed call wrote nothing"
-    );
-    lock.rollback().await.unwrap();
-    let finished = within(held).await.unwrap().expect("the held call succeeds");
-    assert_eq!(finished.into_inner().customer.unwrap().display_name, "Held");
-    let after = client.create(ada()).await.expect("calls are served again");
-    assert_eq!(client.get(&after.id).await.unwrap().email, after.email);
-}
-
-#[tokio::test]
-async fn shutdown_with_a_call_that_never_finishes_returns_after_the_grace_period_saying_so() {
-    let mut app = small_pool_app(&[("CRM__SERVER__SHUTDOWN_GRACE_SECS", "1")]).await;
-    let client = app.client().await;
-    let created = client.create(ada()).await.unwrap();
-    let pool = app.pool().await;
-    let lock = lock_row(&pool, &created.id).await;
-    let stuck = tokio::spawn({
-        let mut inner = client.inner.clone();
-        let request = client.request(rename(&created, "Never"));
-        async move { inner.update_customer(request).await }
-    });
-    wait_until_blocked_on_a_lock(&pool).await;
-
-    app.shutdown.cancel();
-    let server = std::mem::replace(&mut app.server, tokio::spawn(async { Ok(()) }));
-    let stopped = within(server)
-        .await
-        .expect("the server task does not panic");
-
-    let err = stopped.expect_err("a drain cut short is not a clean stop");
-    assert!(err.downcast_ref::<DrainCut>().is_some(), "{err:#}");
-    // In a process that exits after `serve` the call dies with it; here the caller gives up.
-    stuck.abort();
-    assert!(within(stuck).await.unwrap_err().is_cancelled());
-    lock.rollback().await.unwrap();
 }

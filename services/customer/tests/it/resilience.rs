@@ -1,17 +1,14 @@
-//! How the service behaves when its dependencies fail, and when it is told to stop.
+//! How the service behaves when its dependencies fail. (Draining at shutdown is the platform's,
+//! tested in crm-platform's `serving` tests.)
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::common::{
-    Client, Outage, ada, assert_error, config, fresh_database, health_of, postgres_addr, redis_url,
-    spawn_with, via, within,
+    Client, Outage, ada, assert_error, config, fresh_database, health_of, postgres_addr,
+    redis_addr, redis_url, spawn_with, via, within,
 };
-use crm_proto::crm::customer::v1 as pb;
-use futures::StreamExt;
 use tokio::time::Instant;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
@@ -148,82 +145,6 @@ async fn two_instances_sharing_redis_never_serve_a_stale_read_after_a_write() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_lets_in_flight_calls_finish_before_the_server_stops() {
-    let url = fresh_database().await;
-    // A grace far longer than the test waits: the server has to stop because the in-flight
-    // call ended, not because the drain bound ran out (`serve` returns Ok either way).
-    let mut app = spawn_with(config(
-        &url,
-        &redis_url(),
-        &[("CRM__SERVER__SHUTDOWN_GRACE_SECS", "120")],
-    ))
-    .await;
-    let client = app.client().await;
-    let (rows_tx, rows_rx) = tokio::sync::mpsc::channel(4);
-    let rows = tokio_stream::wrappers::ReceiverStream::new(rows_rx);
-    let mut import = client
-        .inner
-        .clone()
-        .import_customers(client.request(rows))
-        .await
-        .unwrap()
-        .into_inner();
-    rows_tx.send(import_row("before")).await.unwrap();
-    let first = within(import.next()).await.unwrap().unwrap();
-    assert_eq!(answer_ref(first), "before");
-
-    // What SIGTERM does: cancel the shutdown token, then wait until the server shows it is
-    // shutting down (NOT_SERVING, or no longer accepting connections).
-    app.shutdown.cancel();
-    wait_for(
-        "the server to stop serving after the shutdown signal",
-        || async { !still_serving(app.addr).await },
-    )
-    .await;
-    let during = import_row("during");
-    let during_email = during.customer.as_ref().unwrap().email.clone();
-    rows_tx.send(during).await.unwrap();
-    drop(rows_tx);
-    let rest: Vec<String> = within(import.map(|r| answer_ref(r.unwrap())).collect()).await;
-    let server = std::mem::replace(&mut app.server, tokio::spawn(async { Ok(()) }));
-    let stopped = within(server).await;
-
-    assert_eq!(
-        rest,
-        ["during", "summary"],
-        "the in-flight call finished its work"
-    );
-    stopped
-        .expect("the server task did not panic")
-        .expect("the server stopped cleanly");
-    let imported: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM customer.customers WHERE email = $1")
-            .bind(&during_email)
-            .fetch_one(&app.pool().await)
-            .await
-            .unwrap();
-    assert_eq!(imported, 1, "the row sent during the drain was stored");
-}
-
-/// The row_ref an import answer echoes, or "summary" for the closing summary.
-fn answer_ref(answer: pb::ImportCustomersResponse) -> String {
-    use pb::import_customers_response::Kind;
-    match answer.kind {
-        Some(Kind::Result(result)) => result.r#ref,
-        Some(Kind::Summary(_)) => "summary".into(),
-        None => panic!("an empty import answer"),
-    }
-}
-
-fn import_row(row_ref: &str) -> pb::ImportCustomersRequest {
-    pb::ImportCustomersRequest {
-        row_ref: row_ref.into(),
-        customer: Some(ada()),
-        request_id: String::new(),
-    }
-}
-
 /// Polls `condition` until it holds, failing the test after `CONDITION_DEADLINE`.
 async fn wait_for<F, Fut>(what: &str, condition: F)
 where
@@ -241,41 +162,6 @@ where
         );
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// Whether the server at `addr` accepts a connection and reports itself SERVING overall.
-async fn still_serving(addr: SocketAddr) -> bool {
-    let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-    else {
-        return false;
-    };
-    let status = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await;
-    matches!(status, Ok(response) if response.get_ref().status == SERVING)
-}
-
-/// The host:port of `REDIS_URL`, for a proxy to forward to.
-fn redis_addr() -> SocketAddr {
-    let url = redis_url();
-    let host_port = url
-        .trim_start_matches("redis://")
-        .rsplit('@')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .replace("localhost", "127.0.0.1");
-    host_port
-        .parse()
-        .expect("REDIS_URL host must be an IP:port for the outage tests")
 }
 
 /// Shows from outside whether an instance answers from its in-process tier: it reads a
