@@ -104,76 +104,20 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (jwt_secret, dev_secret) = config.jwt_secret();
-    if dev_secret {
-        tracing::warn!(
-            "auth.jwt_secret is not set: using the built-in development key. Set \
-             CRM__AUTH__JWT_SECRET outside a laptop."
-        );
-    }
-    let services: Vec<&str> = modules.iter().map(|m| m.grpc_service).collect();
-    let scopes = ContractScopes::for_services(&services).context("refusing to serve")?;
-    let operation_stores: Vec<OperationStore> = modules
-        .iter()
-        .filter_map(|m| m.operations.clone())
-        .collect();
-    let policy = AuthPolicy::new(
-        jwt_secret,
-        &config.auth.issuer,
-        &config.auth.audience,
-        scopes,
-    );
-
+    let policy = auth_policy(config, &modules)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
-    let mut reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crm_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // google.rpc error details, so grpcurl can print BadRequest, ErrorInfo and RetryInfo.
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("grpc.health.v1.Health");
-    let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crm_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // google.rpc error details, so grpcurl can print BadRequest, ErrorInfo and RetryInfo.
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("grpc.health.v1.Health");
-
-    let mut routes = RoutesBuilder::default();
-    let mut databases = Vec::new();
-    let mut names = Vec::new();
-    for module in modules {
-        health
-            .set_service_status(module.grpc_service, ServingStatus::NotServing)
-            .await;
-        reflection_v1 = reflection_v1.with_service_name(module.grpc_service);
-        reflection_v1alpha = reflection_v1alpha.with_service_name(module.grpc_service);
-        (module.add_routes)(&mut routes);
-        databases.push((module.grpc_service, module.database));
-        names.push(module.name);
-    }
-    if !operation_stores.is_empty() {
-        reflection_v1 = reflection_v1.with_service_name(OPERATIONS_GRPC_SERVICE);
-        reflection_v1alpha = reflection_v1alpha.with_service_name(OPERATIONS_GRPC_SERVICE);
-        add_operations(config, &mut routes, operation_stores, &shutdown);
-    }
+    let served = add_routes(config, modules, &health, &shutdown).await?;
+    let mut routes = served.routes;
     routes.add_service(health_service);
-    routes.add_service(reflection_v1.build_v1().context("building reflection v1")?);
-    routes.add_service(
-        reflection_v1alpha
-            .build_v1alpha()
-            .context("building reflection v1alpha")?,
-    );
-
     let monitor = tokio::spawn(watch_readiness(
         health.clone(),
-        databases,
+        served.databases,
         config.database.migrate_on_start,
         shutdown.clone(),
     ));
-
     // The deadline is this stack's, not tonic's `Server::timeout` (which reports CANCELLED); a
     // handler runs in its own task, inside the concurrency limit, so the limit counts handlers
     // still finishing for a caller who went away.
@@ -187,6 +131,109 @@ pub async fn serve(
             config.server.concurrency_limit,
         ))
         .into_inner();
+    let router = server_builder(config)
+        .layer(layers)
+        .add_routes(routes.routes());
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, services = ?served.names, "serving gRPC");
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = shutdown.clone();
+    let server = router.serve_with_incoming_shutdown(incoming, async move {
+        signal.cancelled().await;
+        tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+        set_all(&health, ServingStatus::NotServing).await;
+    });
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let result = drain_within(server, &shutdown, grace).await;
+    monitor.abort();
+    result
+}
+
+/// The auth policy for `modules`: each method's scope read from the contracts. Refuses a
+/// module whose service is not in the contracts or has a method without a scope.
+fn auth_policy(config: &Config, modules: &[ServiceModule]) -> anyhow::Result<AuthPolicy> {
+    let (jwt_secret, dev_secret) = config.jwt_secret();
+    if dev_secret {
+        tracing::warn!(
+            "auth.jwt_secret is not set: using the built-in development key. Set \
+             CRM__AUTH__JWT_SECRET outside a laptop."
+        );
+    }
+    let services: Vec<&str> = modules.iter().map(|m| m.grpc_service).collect();
+    let scopes = ContractScopes::for_services(&services).context("refusing to serve")?;
+    Ok(AuthPolicy::new(
+        jwt_secret,
+        &config.auth.issuer,
+        &config.auth.audience,
+        scopes,
+    ))
+}
+
+/// What [`add_routes`] put together.
+struct Served {
+    routes: RoutesBuilder,
+    databases: Vec<(&'static str, Database)>,
+    names: Vec<&'static str>,
+}
+
+/// Every module's routes, NOT_SERVING until its database is ready, one Operations service for
+/// all modules with long work, and reflection (v1 and v1alpha) naming all of them.
+async fn add_routes(
+    config: &Config,
+    modules: Vec<ServiceModule>,
+    health: &HealthReporter,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Served> {
+    let mut reflected = vec!["grpc.health.v1.Health"];
+    let mut served = Served {
+        routes: RoutesBuilder::default(),
+        databases: Vec::new(),
+        names: Vec::new(),
+    };
+    let mut operation_stores: Vec<OperationStore> = Vec::new();
+    for module in modules {
+        health
+            .set_service_status(module.grpc_service, ServingStatus::NotServing)
+            .await;
+        reflected.push(module.grpc_service);
+        (module.add_routes)(&mut served.routes);
+        operation_stores.extend(module.operations);
+        served.databases.push((module.grpc_service, module.database));
+        served.names.push(module.name);
+    }
+    if !operation_stores.is_empty() {
+        reflected.push(OPERATIONS_GRPC_SERVICE);
+        add_operations(config, &mut served.routes, operation_stores, shutdown);
+    }
+    add_reflection(&mut served.routes, &reflected)?;
+    Ok(served)
+}
+
+/// Server reflection, v1 and v1alpha (grpcurl asks for either), listing `services`.
+fn add_reflection(routes: &mut RoutesBuilder, services: &[&'static str]) -> anyhow::Result<()> {
+    let builder = || {
+        let builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crm_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc error details, so grpcurl can print BadRequest, ErrorInfo and RetryInfo.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+        services
+            .iter()
+            .fold(builder, |builder, name| builder.with_service_name(*name))
+    };
+    routes.add_service(builder().build_v1().context("building reflection v1")?);
+    routes.add_service(
+        builder()
+            .build_v1alpha()
+            .context("building reflection v1alpha")?,
+    );
+    Ok(())
+}
+
+/// The HTTP/2 server: keepalives, and a bounded connection age (when configured) so that
+/// clients re-resolve and new pods receive load.
+fn server_builder(config: &Config) -> Server {
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -196,31 +243,24 @@ pub async fn serve(
             .max_connection_age(Duration::from_secs(config.server.max_connection_age_secs))
             .max_connection_age_grace(Duration::from_secs(config.server.shutdown_grace_secs));
     }
-    let router = builder.layer(layers).add_routes(routes.routes());
+    builder
+}
 
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, services = ?names, "serving gRPC");
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let signal_health = health.clone();
-    let signal = shutdown.clone();
-    let server = router.serve_with_incoming_shutdown(incoming, async move {
-        signal.cancelled().await;
-        tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
-        set_all(&signal_health, ServingStatus::NotServing).await;
-    });
+/// Runs `server` until it stops; once `shutdown` is cancelled it has `grace` to finish the
+/// calls in flight, after which they are cut off and [`DrainCut`] is returned.
+async fn drain_within(
+    server: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
     tokio::pin!(server);
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let drained = tokio::select! {
         result = &mut server => {
-            if let Err(err) = result {
-                monitor.abort();
-                return Err(err).context("gRPC server failed");
-            }
+            result.context("gRPC server failed")?;
             true
         }
         _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => false,
     };
-    monitor.abort();
     if drained {
         tracing::info!("server stopped: every in-flight call finished");
         Ok(())
