@@ -199,7 +199,9 @@ async fn add_routes(
         reflected.push(module.grpc_service);
         (module.add_routes)(&mut served.routes);
         operation_stores.extend(module.operations);
-        served.databases.push((module.grpc_service, module.database));
+        served
+            .databases
+            .push((module.grpc_service, module.database));
         served.names.push(module.name);
     }
     if !operation_stores.is_empty() {
