@@ -251,7 +251,7 @@ fn server_builder(config: &Config) -> Server {
 /// Runs `server` until it stops; once `shutdown` is cancelled it has `grace` to finish the
 /// calls in flight, after which they are cut off and [`DrainCut`] is returned.
 async fn drain_within(
-    server: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
     shutdown: &CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
