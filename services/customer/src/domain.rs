@@ -14,9 +14,11 @@ pub mod consent;
 pub mod history;
 mod patch;
 pub mod principal;
+mod state;
 
 pub use patch::{CustomerPatch, OUTPUT_ONLY_PATHS, UPDATABLE_PATHS, validate_mask};
 pub use principal::{PRINCIPAL_KIND, PRINCIPAL_KINDS, Principal};
+pub use state::CustomerState;
 
 /// Most tags one customer may carry.
 pub const MAX_TAGS: usize = 50;
@@ -31,7 +33,12 @@ pub const MAX_ADDRESSES: usize = 10;
 pub const LIFECYCLE_STAGES: &[&str] = &["SUBSCRIBER", "LEAD", "OPPORTUNITY", "CUSTOMER", "CHURNED"];
 
 /// Customer states as stored (the enum's names without `CUSTOMER_STATE_`).
-pub const CUSTOMER_STATES: &[&str] = &["ACTIVE", "DELETED", "MERGED", "ERASED"];
+pub const CUSTOMER_STATES: &[&str] = &[
+    CustomerState::Active.name(),
+    CustomerState::Deleted.name(),
+    CustomerState::Merged.name(),
+    CustomerState::Erased.name(),
+];
 
 /// Whether `email` looks like a deliverable address: one `@`, a non-empty local part of at most
 /// 64 characters, a dotted domain of letters, digits and hyphens, 254 characters in all.

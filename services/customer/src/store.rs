@@ -10,7 +10,9 @@ use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
 use crate::domain::consent::ValidConsent;
-use crate::domain::{self, Address, Attributes, ContactPoint, CustomerFields, Principal};
+use crate::domain::{
+    self, Address, Attributes, ContactPoint, CustomerFields, CustomerState, Principal,
+};
 use crate::error::Result;
 use crate::feed::RESOURCE_TYPE;
 
@@ -28,7 +30,7 @@ pub use lists::{
     interactions_page, merge_records_page, search_page,
 };
 pub use merges::{insert_merge, merge_records};
-pub use scan::{active_after, count_active};
+pub use scan::{active_after, active_matching_after, count_active};
 
 /// Every column of `customer.customers` a read needs.
 pub const CUSTOMER_COLUMNS: &str = "c.id, c.version, c.state, c.display_name, c.email, \
@@ -42,7 +44,7 @@ pub const CUSTOMER_COLUMNS: &str = "c.id, c.version, c.state, c.display_name, c.
 pub struct CustomerRow {
     pub id: Uuid,
     pub version: i64,
-    pub state: String,
+    pub state: CustomerState,
     pub display_name: Option<String>,
     pub email: Option<String>,
     pub given_name: Option<String>,
@@ -106,13 +108,6 @@ impl CustomerRow {
 
     /// The proto message, with the given current consents.
     pub fn to_proto(&self, consents: Vec<pb::Consent>) -> pb::Customer {
-        let state = match self.state.as_str() {
-            "ACTIVE" => pb::CustomerState::Active,
-            "DELETED" => pb::CustomerState::Deleted,
-            "MERGED" => pb::CustomerState::Merged,
-            "ERASED" => pb::CustomerState::Erased,
-            _ => pb::CustomerState::Unspecified,
-        };
         let fields = self.fields();
         pb::Customer {
             id: self.id.to_string(),
@@ -143,7 +138,7 @@ impl CustomerRow {
             addresses: fields.addresses.iter().map(Into::into).collect(),
             consents,
             source: fields.source.unwrap_or_default(),
-            state: state as i32,
+            state: pb::CustomerState::from(self.state) as i32,
             delete_time: self.delete_time.map(domain::timestamp_to_proto),
             merged_into_id: self
                 .merged_into_id
@@ -250,7 +245,7 @@ pub async fn update_fields(
 pub async fn set_state(
     conn: &mut PgConnection,
     id: Uuid,
-    state: &str,
+    state: CustomerState,
     merged_into: Option<Uuid>,
     actor: &Principal,
 ) -> Result<CustomerRow> {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{CustomerApi, Write};
 use crate::domain::history::{FieldChange, consent_json, diff};
-use crate::domain::{self, CustomerFields, Principal, parse_id};
+use crate::domain::{self, CustomerFields, CustomerState, Principal, parse_id};
 use crate::error::Result;
 use crate::store::{self, CustomerRow};
 
@@ -177,7 +177,9 @@ impl CustomerApi {
                 survivor_row = Some(row);
             } else {
                 // The duplicate leaves the active set first, freeing its email for the survivor.
-                let merged = store::set_state(tx, row.id, "MERGED", Some(survivor), actor).await?;
+                let merged =
+                    store::set_state(tx, row.id, CustomerState::Merged, Some(survivor), actor)
+                        .await?;
                 writes.push((row, Write::merged(merged, survivor)));
             }
         }
