@@ -159,7 +159,7 @@ impl CustomerApi {
             let error = ApiError::invalid("customer", "is required");
             return Ok(rejected(index, &row.row_ref, error));
         };
-        let fields = match CustomerFields::from_proto(customer, "customer") {
+        let fields = match CustomerFields::try_from(customer) {
             Ok(fields) => fields,
             Err(v) => return Ok(rejected(index, &row.row_ref, ApiError::InvalidArgument(v))),
         };

@@ -52,7 +52,7 @@ impl CustomerApi {
             .customer
             .as_ref()
             .ok_or_else(|| ApiError::invalid("customer", "is required"))?;
-        let fields = CustomerFields::from_proto(customer, "customer")?;
+        let fields = CustomerFields::try_from(customer)?;
         idempotency::validate_request_id("request_id", &req.request_id)?;
         Ok(self
             .create_once(&fields, &req.request_id, &req, actor)
