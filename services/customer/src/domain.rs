@@ -13,11 +13,13 @@ use serde_json::Value as Json;
 pub mod consent;
 mod fields;
 pub mod history;
+mod interaction;
 mod patch;
 pub mod principal;
 mod state;
 
 pub use fields::CustomerFields;
+pub use interaction::NewInteraction;
 pub use patch::{CustomerPatch, OUTPUT_ONLY_PATHS, UPDATABLE_PATHS, validate_mask};
 pub use principal::{PRINCIPAL_KIND, PRINCIPAL_KINDS, Principal};
 pub use state::CustomerState;
