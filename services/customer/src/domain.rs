@@ -22,7 +22,7 @@ pub use fields::CustomerFields;
 pub use interaction::NewInteraction;
 pub use patch::{CustomerPatch, OUTPUT_ONLY_PATHS, UPDATABLE_PATHS, validate_mask};
 pub use principal::{PRINCIPAL_KIND, PRINCIPAL_KINDS, Principal};
-pub use state::CustomerState;
+pub use state::{CustomerState, LifecycleStage};
 
 /// Most tags one customer may carry.
 pub const MAX_TAGS: usize = 50;
@@ -34,7 +34,13 @@ pub const MAX_CONTACT_POINTS: usize = 20;
 pub const MAX_ADDRESSES: usize = 10;
 
 /// Lifecycle stages as stored (the enum's names without prefix).
-pub const LIFECYCLE_STAGES: &[&str] = &["SUBSCRIBER", "LEAD", "OPPORTUNITY", "CUSTOMER", "CHURNED"];
+pub const LIFECYCLE_STAGES: &[&str] = &[
+    LifecycleStage::Subscriber.name(),
+    LifecycleStage::Lead.name(),
+    LifecycleStage::Opportunity.name(),
+    LifecycleStage::Customer.name(),
+    LifecycleStage::Churned.name(),
+];
 
 /// Customer states as stored (the enum's names without `CUSTOMER_STATE_`).
 pub const CUSTOMER_STATES: &[&str] = &[
@@ -79,24 +85,6 @@ pub fn is_valid_e164(phone: &str) -> bool {
 
 fn is_valid_attribute_key(key: &str) -> bool {
     (1..=64).contains(&key.len()) && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// A stored lifecycle stage for a proto value; unspecified means LEAD.
-pub fn lifecycle_stage_name(value: i32) -> Option<&'static str> {
-    match pb::LifecycleStage::try_from(value).ok()? {
-        pb::LifecycleStage::Unspecified => Some("LEAD"),
-        pb::LifecycleStage::Subscriber => Some("SUBSCRIBER"),
-        pb::LifecycleStage::Lead => Some("LEAD"),
-        pb::LifecycleStage::Opportunity => Some("OPPORTUNITY"),
-        pb::LifecycleStage::Customer => Some("CUSTOMER"),
-        pb::LifecycleStage::Churned => Some("CHURNED"),
-    }
-}
-
-/// The proto value of a stored lifecycle stage.
-pub fn lifecycle_stage_value(name: &str) -> pb::LifecycleStage {
-    pb::LifecycleStage::from_str_name(&format!("LIFECYCLE_STAGE_{name}"))
-        .unwrap_or(pb::LifecycleStage::Unspecified)
 }
 
 /// A contact point as stored in JSON.
@@ -324,7 +312,7 @@ mod tests {
 
         assert_eq!(fields.email.as_deref(), Some("ada@example.com"));
         assert_eq!(fields.tags, ["vip", "b2b"]);
-        assert_eq!(fields.lifecycle_stage, "LEAD");
+        assert_eq!(fields.lifecycle_stage, LifecycleStage::Lead);
     }
 
     #[test]

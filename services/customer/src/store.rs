@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use crate::domain::consent::ValidConsent;
 use crate::domain::{
-    self, Address, Attributes, ContactPoint, CustomerFields, CustomerState, Principal,
+    self, Address, Attributes, ContactPoint, CustomerFields, CustomerState, LifecycleStage,
+    Principal,
 };
 use crate::error::Result;
 use crate::feed::RESOURCE_TYPE;
@@ -51,7 +52,7 @@ pub struct CustomerRow {
     pub family_name: Option<String>,
     pub phone: Option<String>,
     pub company_name: Option<String>,
-    pub lifecycle_stage: String,
+    pub lifecycle_stage: LifecycleStage,
     pub owner_kind: Option<String>,
     pub owner_id: Option<String>,
     pub source: Option<String>,
@@ -85,11 +86,7 @@ impl CustomerRow {
             family_name: self.family_name.clone(),
             phone: self.phone.clone(),
             company_name: self.company_name.clone(),
-            lifecycle_stage: domain::LIFECYCLE_STAGES
-                .iter()
-                .find(|s| **s == self.lifecycle_stage)
-                .copied()
-                .unwrap_or("LEAD"),
+            lifecycle_stage: self.lifecycle_stage,
             owner: self
                 .owner_kind
                 .as_deref()
@@ -118,7 +115,7 @@ impl CustomerRow {
             family_name: fields.family_name.unwrap_or_default(),
             phone: fields.phone.unwrap_or_default(),
             company_name: fields.company_name.unwrap_or_default(),
-            lifecycle_stage: domain::lifecycle_stage_value(&self.lifecycle_stage) as i32,
+            lifecycle_stage: pb::LifecycleStage::from(self.lifecycle_stage) as i32,
             owner: fields.owner.as_ref().map(Principal::to_proto),
             tags: fields.tags,
             attributes: fields.attributes.to_proto(),

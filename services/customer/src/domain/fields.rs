@@ -5,8 +5,8 @@ use crm_platform::FieldViolations;
 use crm_proto::crm::customer::v1 as pb;
 
 use super::{
-    Address, Attributes, ContactPoint, CustomerPatch, MAX_ADDRESSES, MAX_CONTACT_POINTS, MAX_TAGS,
-    Principal, is_valid_e164, is_valid_email, lifecycle_stage_name,
+    Address, Attributes, ContactPoint, CustomerPatch, LifecycleStage, MAX_ADDRESSES,
+    MAX_CONTACT_POINTS, MAX_TAGS, Principal, is_valid_e164, is_valid_email,
 };
 
 /// The field path every violation of a customer message starts with.
@@ -27,8 +27,8 @@ pub struct CustomerFields {
     pub phone: Option<String>,
     /// Company.
     pub company_name: Option<String>,
-    /// Stored lifecycle stage name.
-    pub lifecycle_stage: &'static str,
+    /// Lifecycle stage; LEAD when not given.
+    pub lifecycle_stage: LifecycleStage,
     /// Owner: a USER or a TEAM.
     pub owner: Option<Principal>,
     /// Source.
@@ -134,10 +134,10 @@ fn phone_from_proto(phone: &str, v: &mut FieldViolations) -> Option<String> {
     phone
 }
 
-fn lifecycle_stage_from_proto(value: i32, v: &mut FieldViolations) -> &'static str {
-    lifecycle_stage_name(value).unwrap_or_else(|| {
+fn lifecycle_stage_from_proto(value: i32, v: &mut FieldViolations) -> LifecycleStage {
+    LifecycleStage::from_proto(value).unwrap_or_else(|| {
         v.add(path("lifecycle_stage"), format!("unknown value {value}"));
-        "LEAD"
+        LifecycleStage::Lead
     })
 }
 

@@ -1,4 +1,5 @@
-//! Where a customer is in its life, as stored in `customers.state`.
+//! Where a customer is in its life: its state (`customers.state`) and its lifecycle stage
+//! (`customers.lifecycle_stage`), both stored by name.
 
 use crm_proto::crm::customer::v1 as pb;
 
@@ -49,6 +50,70 @@ impl From<CustomerState> for pb::CustomerState {
     }
 }
 
+/// A customer's lifecycle stage. Stored as its name in a `text` column; only this service
+/// writes it, always through this type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LifecycleStage {
+    /// Receives news, not yet a lead.
+    Subscriber,
+    /// A possible customer; the stage when none is given.
+    #[default]
+    Lead,
+    /// In a sales conversation.
+    Opportunity,
+    /// Buys.
+    Customer,
+    /// Bought, no longer does.
+    Churned,
+}
+
+impl LifecycleStage {
+    /// Every stage, in the order the proto enum declares them.
+    pub const ALL: [LifecycleStage; 5] = [
+        Self::Subscriber,
+        Self::Lead,
+        Self::Opportunity,
+        Self::Customer,
+        Self::Churned,
+    ];
+
+    /// The stored name, e.g. `LEAD`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Subscriber => "SUBSCRIBER",
+            Self::Lead => "LEAD",
+            Self::Opportunity => "OPPORTUNITY",
+            Self::Customer => "CUSTOMER",
+            Self::Churned => "CHURNED",
+        }
+    }
+
+    /// The stage a proto value asks for: unspecified means LEAD; `None` for a number the
+    /// proto enum does not declare.
+    pub fn from_proto(value: i32) -> Option<Self> {
+        Some(match pb::LifecycleStage::try_from(value).ok()? {
+            pb::LifecycleStage::Unspecified | pb::LifecycleStage::Lead => Self::Lead,
+            pb::LifecycleStage::Subscriber => Self::Subscriber,
+            pb::LifecycleStage::Opportunity => Self::Opportunity,
+            pb::LifecycleStage::Customer => Self::Customer,
+            pb::LifecycleStage::Churned => Self::Churned,
+        })
+    }
+}
+
+impl From<LifecycleStage> for pb::LifecycleStage {
+    fn from(stage: LifecycleStage) -> Self {
+        match stage {
+            LifecycleStage::Subscriber => pb::LifecycleStage::Subscriber,
+            LifecycleStage::Lead => pb::LifecycleStage::Lead,
+            LifecycleStage::Opportunity => pb::LifecycleStage::Opportunity,
+            LifecycleStage::Customer => pb::LifecycleStage::Customer,
+            LifecycleStage::Churned => pb::LifecycleStage::Churned,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +125,20 @@ mod tests {
 
             assert_eq!(proto.strip_prefix("CUSTOMER_STATE_"), Some(state.name()));
         }
+    }
+
+    #[test]
+    fn every_stored_stage_is_the_proto_name_without_its_prefix() {
+        for stage in LifecycleStage::ALL {
+            let proto = pb::LifecycleStage::from(stage);
+
+            assert_eq!(
+                proto.as_str_name().strip_prefix("LIFECYCLE_STAGE_"),
+                Some(stage.name())
+            );
+            assert_eq!(LifecycleStage::from_proto(proto as i32), Some(stage));
+        }
+        assert_eq!(LifecycleStage::from_proto(0), Some(LifecycleStage::Lead));
+        assert_eq!(LifecycleStage::from_proto(99), None);
     }
 }
