@@ -87,11 +87,30 @@ fn is_valid_attribute_key(key: &str) -> bool {
     (1..=64).contains(&key.len()) && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// What a contact point reaches, stored in JSON by name (`EMAIL`, `PHONE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ContactKind {
+    /// An email address, lower-cased.
+    Email,
+    /// An E.164 phone number.
+    Phone,
+}
+
+impl From<ContactKind> for pb::ContactPointType {
+    fn from(kind: ContactKind) -> Self {
+        match kind {
+            ContactKind::Email => pb::ContactPointType::Email,
+            ContactKind::Phone => pb::ContactPointType::Phone,
+        }
+    }
+}
+
 /// A contact point as stored in JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContactPoint {
-    /// EMAIL or PHONE.
-    pub kind: String,
+    /// What it reaches.
+    pub kind: ContactKind,
     /// The address.
     pub value: String,
     /// Free-form label.

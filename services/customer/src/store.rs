@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use crate::domain::consent::ValidConsent;
 use crate::domain::{
-    self, Address, Attributes, ContactPoint, CustomerFields, CustomerState, LifecycleStage,
-    Principal,
+    self, Address, Attributes, ContactKind, ContactPoint, CustomerFields, CustomerState,
+    LifecycleStage, Principal,
 };
 use crate::error::Result;
 use crate::feed::RESOURCE_TYPE;
@@ -123,11 +123,7 @@ impl CustomerRow {
                 .contact_points
                 .iter()
                 .map(|cp| pb::ContactPoint {
-                    r#type: if cp.kind == "PHONE" {
-                        pb::ContactPointType::Phone
-                    } else {
-                        pb::ContactPointType::Email
-                    } as i32,
+                    r#type: pb::ContactPointType::from(cp.kind) as i32,
                     value: cp.value.clone(),
                     label: cp.label.clone(),
                 })
@@ -478,10 +474,9 @@ pub async fn duplicate_candidates(
     my_emails.extend(me.email.clone());
     my_phones.extend(me.phone.clone());
     for point in &me.contact_points.0 {
-        match point.kind.as_str() {
-            "EMAIL" => my_emails.push(point.value.to_lowercase()),
-            "PHONE" => my_phones.push(point.value.clone()),
-            _ => {}
+        match point.kind {
+            ContactKind::Email => my_emails.push(point.value.to_lowercase()),
+            ContactKind::Phone => my_phones.push(point.value.clone()),
         }
     }
     let same_email = "(c.email = ANY($2) OR c.contact_points @> \

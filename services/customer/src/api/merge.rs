@@ -24,14 +24,14 @@ fn fold(fields: &mut CustomerFields, theirs: CustomerFields) {
     fields.company_name = fields.company_name.take().or(theirs.company_name);
     fields.owner = fields.owner.take().or(theirs.owner);
     for (kind, mine, other) in [
-        ("PHONE", &mut fields.phone, theirs.phone),
-        ("EMAIL", &mut fields.email, theirs.email),
+        (domain::ContactKind::Phone, &mut fields.phone, theirs.phone),
+        (domain::ContactKind::Email, &mut fields.email, theirs.email),
     ] {
         if mine.is_none() {
             *mine = other;
         } else if let Some(value) = other.filter(|v| Some(v) != mine.as_ref()) {
             fields.contact_points.push(domain::ContactPoint {
-                kind: kind.into(),
+                kind,
                 value,
                 label: "merged".into(),
             });

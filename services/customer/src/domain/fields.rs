@@ -5,7 +5,7 @@ use crm_platform::FieldViolations;
 use crm_proto::crm::customer::v1 as pb;
 
 use super::{
-    Address, Attributes, ContactPoint, CustomerPatch, LifecycleStage, MAX_ADDRESSES,
+    Address, Attributes, ContactKind, ContactPoint, CustomerPatch, LifecycleStage, MAX_ADDRESSES,
     MAX_CONTACT_POINTS, MAX_TAGS, Principal, is_valid_e164, is_valid_email,
 };
 
@@ -199,13 +199,13 @@ fn contact_point_from_proto(
             if !is_valid_email(&value) {
                 v.add(format!("{field}.value"), "is not a valid email address");
             }
-            ("EMAIL", value)
+            (ContactKind::Email, value)
         }
         Ok(pb::ContactPointType::Phone) => {
             if !is_valid_e164(value) {
                 v.add(format!("{field}.value"), "must be in E.164 form");
             }
-            ("PHONE", value.to_string())
+            (ContactKind::Phone, value.to_string())
         }
         _ => {
             v.add(format!("{field}.type"), "must be EMAIL or PHONE");
@@ -214,7 +214,7 @@ fn contact_point_from_proto(
     };
     check_len(v, &format!("{field}.label"), &cp.label, 50);
     Some(ContactPoint {
-        kind: kind.into(),
+        kind,
         value,
         label: cp.label.clone(),
     })

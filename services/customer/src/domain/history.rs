@@ -104,7 +104,7 @@ fn contact_point_json(cp: &ContactPoint) -> Json {
     put(
         &mut object,
         "type",
-        json!(format!("CONTACT_POINT_TYPE_{}", cp.kind)),
+        json!(pb::ContactPointType::from(cp.kind).as_str_name()),
     );
     put(&mut object, "value", json!(cp.value));
     put(&mut object, "label", json!(cp.label));

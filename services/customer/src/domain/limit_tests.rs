@@ -212,9 +212,9 @@ fn contact_points_are_checked_by_their_type_and_at_most_twenty() {
         contact(Phone, "+4915112345678"),
     ];
     let fields = CustomerFields::try_from(&c).unwrap();
-    assert_eq!(fields.contact_points[0].kind, "EMAIL");
+    assert_eq!(fields.contact_points[0].kind, ContactKind::Email);
     assert_eq!(fields.contact_points[0].value, "ada@example.com");
-    assert_eq!(fields.contact_points[1].kind, "PHONE");
+    assert_eq!(fields.contact_points[1].kind, ContactKind::Phone);
 
     for (point, field) in [
         (
