@@ -34,7 +34,7 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::SCHEMA;
-use crate::domain::Principal;
+use crate::domain::{CustomerState, Principal};
 use crate::error::{Error, Result};
 use crate::store::{self, CustomerRow};
 
@@ -225,7 +225,7 @@ impl CustomerApi {
         if !etag.is_empty() && etag != row.etag() {
             return Err(Error::EtagMismatch);
         }
-        if row.state != "ACTIVE" {
+        if row.state != CustomerState::Active {
             return Err(Error::NotActive {
                 id,
                 state: row.state,

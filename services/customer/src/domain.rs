@@ -11,12 +11,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 pub mod consent;
+mod fields;
 pub mod history;
+mod interaction;
 mod patch;
 pub mod principal;
+mod state;
 
+pub use fields::CustomerFields;
+pub use interaction::NewInteraction;
 pub use patch::{CustomerPatch, OUTPUT_ONLY_PATHS, UPDATABLE_PATHS, validate_mask};
 pub use principal::{PRINCIPAL_KIND, PRINCIPAL_KINDS, Principal};
+pub use state::{CustomerState, LifecycleStage};
 
 /// Most tags one customer may carry.
 pub const MAX_TAGS: usize = 50;
@@ -28,10 +34,21 @@ pub const MAX_CONTACT_POINTS: usize = 20;
 pub const MAX_ADDRESSES: usize = 10;
 
 /// Lifecycle stages as stored (the enum's names without prefix).
-pub const LIFECYCLE_STAGES: &[&str] = &["SUBSCRIBER", "LEAD", "OPPORTUNITY", "CUSTOMER", "CHURNED"];
+pub const LIFECYCLE_STAGES: &[&str] = &[
+    LifecycleStage::Subscriber.name(),
+    LifecycleStage::Lead.name(),
+    LifecycleStage::Opportunity.name(),
+    LifecycleStage::Customer.name(),
+    LifecycleStage::Churned.name(),
+];
 
 /// Customer states as stored (the enum's names without `CUSTOMER_STATE_`).
-pub const CUSTOMER_STATES: &[&str] = &["ACTIVE", "DELETED", "MERGED", "ERASED"];
+pub const CUSTOMER_STATES: &[&str] = &[
+    CustomerState::Active.name(),
+    CustomerState::Deleted.name(),
+    CustomerState::Merged.name(),
+    CustomerState::Erased.name(),
+];
 
 /// Whether `email` looks like a deliverable address: one `@`, a non-empty local part of at most
 /// 64 characters, a dotted domain of letters, digits and hyphens, 254 characters in all.
@@ -66,46 +83,34 @@ pub fn is_valid_e164(phone: &str) -> bool {
         && !digits.starts_with('0')
 }
 
-fn is_valid_tag(tag: &str) -> bool {
-    (1..=50).contains(&tag.len())
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-}
-
 fn is_valid_attribute_key(key: &str) -> bool {
     (1..=64).contains(&key.len()) && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn check_len(v: &mut FieldViolations, field: &str, value: &str, max: usize) {
-    if value.chars().count() > max {
-        v.add(field, format!("must be at most {max} characters"));
-    }
+/// What a contact point reaches, stored in JSON by name (`EMAIL`, `PHONE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ContactKind {
+    /// An email address, lower-cased.
+    Email,
+    /// An E.164 phone number.
+    Phone,
 }
 
-/// A stored lifecycle stage for a proto value; unspecified means LEAD.
-pub fn lifecycle_stage_name(value: i32) -> Option<&'static str> {
-    match pb::LifecycleStage::try_from(value).ok()? {
-        pb::LifecycleStage::Unspecified => Some("LEAD"),
-        pb::LifecycleStage::Subscriber => Some("SUBSCRIBER"),
-        pb::LifecycleStage::Lead => Some("LEAD"),
-        pb::LifecycleStage::Opportunity => Some("OPPORTUNITY"),
-        pb::LifecycleStage::Customer => Some("CUSTOMER"),
-        pb::LifecycleStage::Churned => Some("CHURNED"),
+impl From<ContactKind> for pb::ContactPointType {
+    fn from(kind: ContactKind) -> Self {
+        match kind {
+            ContactKind::Email => pb::ContactPointType::Email,
+            ContactKind::Phone => pb::ContactPointType::Phone,
+        }
     }
-}
-
-/// The proto value of a stored lifecycle stage.
-pub fn lifecycle_stage_value(name: &str) -> pb::LifecycleStage {
-    pb::LifecycleStage::from_str_name(&format!("LIFECYCLE_STAGE_{name}"))
-        .unwrap_or(pb::LifecycleStage::Unspecified)
 }
 
 /// A contact point as stored in JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContactPoint {
-    /// EMAIL or PHONE.
-    pub kind: String,
+    /// What it reaches.
+    pub kind: ContactKind,
     /// The address.
     pub value: String,
     /// Free-form label.
@@ -247,205 +252,6 @@ pub fn timestamp_to_proto(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-/// The writable fields of a customer, validated. Used for create and, field by field, update.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CustomerFields {
-    /// Required, 1..=200 characters.
-    pub display_name: String,
-    /// Lower-cased primary email.
-    pub email: Option<String>,
-    /// Given name.
-    pub given_name: Option<String>,
-    /// Family name.
-    pub family_name: Option<String>,
-    /// E.164 phone.
-    pub phone: Option<String>,
-    /// Company.
-    pub company_name: Option<String>,
-    /// Stored lifecycle stage name.
-    pub lifecycle_stage: &'static str,
-    /// Owner: a USER or a TEAM.
-    pub owner: Option<Principal>,
-    /// Source.
-    pub source: Option<String>,
-    /// Normalised tags.
-    pub tags: Vec<String>,
-    /// Custom attributes.
-    pub attributes: Attributes,
-    /// Extra contact points.
-    pub contact_points: Vec<ContactPoint>,
-    /// Addresses.
-    pub addresses: Vec<Address>,
-}
-
-fn non_empty(s: &str) -> Option<String> {
-    let trimmed = s.trim();
-    (!trimmed.is_empty()).then(|| trimmed.to_string())
-}
-
-impl CustomerFields {
-    /// Validates every writable field of `c`; violations are reported under `prefix`
-    /// (e.g. `customer`).
-    pub fn from_proto(c: &pb::Customer, prefix: &str) -> Result<Self, FieldViolations> {
-        let mut v = FieldViolations::new();
-        let fields = Self::validate_all(c, prefix, &mut v);
-        if v.is_empty() { Ok(fields) } else { Err(v) }
-    }
-
-    fn validate_all(c: &pb::Customer, prefix: &str, v: &mut FieldViolations) -> Self {
-        let f = |name: &str| format!("{prefix}.{name}");
-        let display_name = c.display_name.trim().to_string();
-        if display_name.is_empty() {
-            v.add(f("display_name"), "is required");
-        }
-        check_len(v, &f("display_name"), &display_name, 200);
-        let email = non_empty(&c.email).map(|e| e.to_lowercase());
-        if let Some(email) = &email
-            && !is_valid_email(email)
-        {
-            v.add(f("email"), "is not a valid email address");
-        }
-        let phone = non_empty(&c.phone);
-        if let Some(phone) = &phone
-            && !is_valid_e164(phone)
-        {
-            v.add(f("phone"), "must be in E.164 form, e.g. +4915112345678");
-        }
-        for (name, value, max) in [
-            ("given_name", &c.given_name, 100),
-            ("family_name", &c.family_name, 100),
-            ("company_name", &c.company_name, 200),
-            ("source", &c.source, 100),
-        ] {
-            check_len(v, &f(name), value, max);
-        }
-        let lifecycle_stage = lifecycle_stage_name(c.lifecycle_stage).unwrap_or_else(|| {
-            v.add(
-                f("lifecycle_stage"),
-                format!("unknown value {}", c.lifecycle_stage),
-            );
-            "LEAD"
-        });
-        let mut tags: Vec<String> = Vec::new();
-        for (i, tag) in c.tags.iter().enumerate() {
-            let tag = tag.trim().to_lowercase();
-            if !is_valid_tag(&tag) {
-                v.add(
-                    format!("{prefix}.tags[{i}]"),
-                    "tags are 1..=50 characters of [a-z0-9_-]",
-                );
-            } else if !tags.contains(&tag) {
-                tags.push(tag);
-            }
-        }
-        if tags.len() > MAX_TAGS {
-            v.add(f("tags"), format!("at most {MAX_TAGS} tags"));
-        }
-        let owner = Principal::owner_from_proto(c.owner.as_ref(), &f("owner"), v);
-        let attributes = Attributes::from_proto(&c.attributes, &f("attributes"), v);
-        if c.contact_points.len() > MAX_CONTACT_POINTS {
-            v.add(f("contact_points"), format!("at most {MAX_CONTACT_POINTS}"));
-        }
-        let contact_points = c
-            .contact_points
-            .iter()
-            .enumerate()
-            .filter_map(|(i, cp)| {
-                let path = format!("{prefix}.contact_points[{i}]");
-                let value = cp.value.trim();
-                let kind = match pb::ContactPointType::try_from(cp.r#type) {
-                    Ok(pb::ContactPointType::Email) => {
-                        if !is_valid_email(&value.to_lowercase()) {
-                            v.add(format!("{path}.value"), "is not a valid email address");
-                        }
-                        "EMAIL"
-                    }
-                    Ok(pb::ContactPointType::Phone) => {
-                        if !is_valid_e164(value) {
-                            v.add(format!("{path}.value"), "must be in E.164 form");
-                        }
-                        "PHONE"
-                    }
-                    _ => {
-                        v.add(format!("{path}.type"), "must be EMAIL or PHONE");
-                        return None;
-                    }
-                };
-                check_len(v, &format!("{path}.label"), &cp.label, 50);
-                Some(ContactPoint {
-                    kind: kind.into(),
-                    value: if kind == "EMAIL" {
-                        value.to_lowercase()
-                    } else {
-                        value.to_string()
-                    },
-                    label: cp.label.clone(),
-                })
-            })
-            .collect();
-        if c.addresses.len() > MAX_ADDRESSES {
-            v.add(f("addresses"), format!("at most {MAX_ADDRESSES}"));
-        }
-        let addresses = c
-            .addresses
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let path = format!("{prefix}.addresses[{i}]");
-                check_len(v, &format!("{path}.label"), &a.label, 50);
-                let postal = a.address.clone().unwrap_or_default();
-                let region = postal.region_code.trim().to_uppercase();
-                if region.len() != 2 || !region.chars().all(|c| c.is_ascii_uppercase()) {
-                    v.add(
-                        format!("{path}.address.region_code"),
-                        "must be a two-letter CLDR region code, e.g. DE",
-                    );
-                }
-                if postal.address_lines.len() > 5 {
-                    v.add(format!("{path}.address.address_lines"), "at most 5 lines");
-                }
-                for (j, line) in postal.address_lines.iter().enumerate() {
-                    check_len(v, &format!("{path}.address.address_lines[{j}]"), line, 200);
-                }
-                Address {
-                    label: a.label.clone(),
-                    region_code: region,
-                    postal_code: postal.postal_code,
-                    administrative_area: postal.administrative_area,
-                    locality: postal.locality,
-                    address_lines: postal.address_lines,
-                    recipient: postal.recipient,
-                }
-            })
-            .collect();
-        CustomerFields {
-            display_name,
-            email,
-            given_name: non_empty(&c.given_name),
-            family_name: non_empty(&c.family_name),
-            phone,
-            company_name: non_empty(&c.company_name),
-            lifecycle_stage,
-            owner,
-            source: non_empty(&c.source),
-            tags,
-            attributes,
-            contact_points,
-            addresses,
-        }
-    }
-
-    /// Applies the fields named in `paths` from `incoming` onto `self` (the stored customer),
-    /// validating only those; `attributes.<key>` sets or removes one attribute.
-    pub fn apply_mask(
-        &mut self,
-        incoming: &pb::Customer,
-        paths: &[String],
-    ) -> Result<(), FieldViolations> {
-        CustomerPatch::new(incoming, paths)?.apply(self)
-    }
-}
-
 /// Parses a customer id.
 pub fn parse_id(field: &str, id: &str) -> Result<uuid::Uuid, FieldViolations> {
     if id.is_empty() {
@@ -501,7 +307,7 @@ mod tests {
         c.phone = "123".into();
         c.tags = vec!["Bad Tag!".into()];
 
-        let violations = CustomerFields::from_proto(&c, "customer").unwrap_err();
+        let violations = CustomerFields::try_from(&c).unwrap_err();
 
         let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(
@@ -521,11 +327,11 @@ mod tests {
         c.email = "Ada@Example.COM".into();
         c.tags = vec!["vip".into(), "VIP".into(), "b2b".into()];
 
-        let fields = CustomerFields::from_proto(&c, "customer").unwrap();
+        let fields = CustomerFields::try_from(&c).unwrap();
 
         assert_eq!(fields.email.as_deref(), Some("ada@example.com"));
         assert_eq!(fields.tags, ["vip", "b2b"]);
-        assert_eq!(fields.lifecycle_stage, "LEAD");
+        assert_eq!(fields.lifecycle_stage, LifecycleStage::Lead);
     }
 
     #[test]
@@ -544,14 +350,14 @@ mod tests {
                 .insert(k.into(), pb::AttributeValue { kind: Some(kind) });
         }
 
-        let fields = CustomerFields::from_proto(&c, "customer").unwrap();
+        let fields = CustomerFields::try_from(&c).unwrap();
 
         assert_eq!(fields.attributes.to_proto(), c.attributes);
     }
 
     #[test]
     fn an_unknown_mask_path_is_rejected() {
-        let mut stored = CustomerFields::from_proto(&customer("Ada"), "customer").unwrap();
+        let mut stored = CustomerFields::try_from(&customer("Ada")).unwrap();
         let err = stored
             .apply_mask(&customer("Ada"), &["id".to_string()])
             .unwrap_err();
@@ -584,7 +390,7 @@ mod tests {
 
     #[test]
     fn an_owner_is_set_and_cleared_through_its_path() {
-        let mut stored = CustomerFields::from_proto(&customer("Ada"), "customer").unwrap();
+        let mut stored = CustomerFields::try_from(&customer("Ada")).unwrap();
         let mut incoming = customer("Ada");
         incoming.owner = Some(crm_proto::crm::common::v1::Principal {
             kind: crm_proto::crm::common::v1::PrincipalKind::Team as i32,
@@ -611,7 +417,7 @@ mod tests {
 
     #[test]
     fn unmasked_invalid_fields_are_ignored_on_update() {
-        let mut stored = CustomerFields::from_proto(&customer("Ada"), "customer").unwrap();
+        let mut stored = CustomerFields::try_from(&customer("Ada")).unwrap();
         let mut incoming = customer("Ada Lovelace");
         incoming.email = "not-an-email".into();
 
@@ -632,7 +438,7 @@ mod tests {
                 kind: Some(pb::attribute_value::Kind::StringValue("pro".into())),
             },
         );
-        let mut stored = CustomerFields::from_proto(&c, "customer").unwrap();
+        let mut stored = CustomerFields::try_from(&c).unwrap();
 
         stored
             .apply_mask(&customer("Ada"), &["attributes.plan".to_string()])

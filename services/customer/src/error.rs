@@ -5,6 +5,8 @@ use crm_platform::ApiError;
 use crm_platform::error::{DbFailure, classify_db_error};
 use uuid::Uuid;
 
+use crate::domain::CustomerState;
+
 /// Everything a customer call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,7 +25,7 @@ pub enum Error {
         /// The customer.
         id: Uuid,
         /// Its state.
-        state: String,
+        state: CustomerState,
     },
     /// Undelete of a customer that is not deleted.
     #[error("customer {0} is not deleted")]
@@ -57,7 +59,7 @@ impl From<Error> for ApiError {
             },
             Error::NotActive { id, state } => ApiError::FailedPrecondition {
                 reason: "CUSTOMER_NOT_ACTIVE",
-                message: format!("customer {id} is {}", state.to_lowercase()),
+                message: format!("customer {id} is {}", state.name().to_lowercase()),
             },
             Error::NotDeleted(id) => ApiError::FailedPrecondition {
                 reason: "CUSTOMER_NOT_DELETED",

@@ -10,7 +10,10 @@ use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
 use crate::domain::consent::ValidConsent;
-use crate::domain::{self, Address, Attributes, ContactPoint, CustomerFields, Principal};
+use crate::domain::{
+    self, Address, Attributes, ContactKind, ContactPoint, CustomerFields, CustomerState,
+    LifecycleStage, Principal,
+};
 use crate::error::Result;
 use crate::feed::RESOURCE_TYPE;
 
@@ -28,7 +31,7 @@ pub use lists::{
     interactions_page, merge_records_page, search_page,
 };
 pub use merges::{insert_merge, merge_records};
-pub use scan::{active_after, count_active};
+pub use scan::{active_after, active_matching_after, count_active};
 
 /// Every column of `customer.customers` a read needs.
 pub const CUSTOMER_COLUMNS: &str = "c.id, c.version, c.state, c.display_name, c.email, \
@@ -42,14 +45,14 @@ pub const CUSTOMER_COLUMNS: &str = "c.id, c.version, c.state, c.display_name, c.
 pub struct CustomerRow {
     pub id: Uuid,
     pub version: i64,
-    pub state: String,
+    pub state: CustomerState,
     pub display_name: Option<String>,
     pub email: Option<String>,
     pub given_name: Option<String>,
     pub family_name: Option<String>,
     pub phone: Option<String>,
     pub company_name: Option<String>,
-    pub lifecycle_stage: String,
+    pub lifecycle_stage: LifecycleStage,
     pub owner_kind: Option<String>,
     pub owner_id: Option<String>,
     pub source: Option<String>,
@@ -83,11 +86,7 @@ impl CustomerRow {
             family_name: self.family_name.clone(),
             phone: self.phone.clone(),
             company_name: self.company_name.clone(),
-            lifecycle_stage: domain::LIFECYCLE_STAGES
-                .iter()
-                .find(|s| **s == self.lifecycle_stage)
-                .copied()
-                .unwrap_or("LEAD"),
+            lifecycle_stage: self.lifecycle_stage,
             owner: self
                 .owner_kind
                 .as_deref()
@@ -106,13 +105,6 @@ impl CustomerRow {
 
     /// The proto message, with the given current consents.
     pub fn to_proto(&self, consents: Vec<pb::Consent>) -> pb::Customer {
-        let state = match self.state.as_str() {
-            "ACTIVE" => pb::CustomerState::Active,
-            "DELETED" => pb::CustomerState::Deleted,
-            "MERGED" => pb::CustomerState::Merged,
-            "ERASED" => pb::CustomerState::Erased,
-            _ => pb::CustomerState::Unspecified,
-        };
         let fields = self.fields();
         pb::Customer {
             id: self.id.to_string(),
@@ -123,7 +115,7 @@ impl CustomerRow {
             family_name: fields.family_name.unwrap_or_default(),
             phone: fields.phone.unwrap_or_default(),
             company_name: fields.company_name.unwrap_or_default(),
-            lifecycle_stage: domain::lifecycle_stage_value(&self.lifecycle_stage) as i32,
+            lifecycle_stage: pb::LifecycleStage::from(self.lifecycle_stage) as i32,
             owner: fields.owner.as_ref().map(Principal::to_proto),
             tags: fields.tags,
             attributes: fields.attributes.to_proto(),
@@ -131,11 +123,7 @@ impl CustomerRow {
                 .contact_points
                 .iter()
                 .map(|cp| pb::ContactPoint {
-                    r#type: if cp.kind == "PHONE" {
-                        pb::ContactPointType::Phone
-                    } else {
-                        pb::ContactPointType::Email
-                    } as i32,
+                    r#type: pb::ContactPointType::from(cp.kind) as i32,
                     value: cp.value.clone(),
                     label: cp.label.clone(),
                 })
@@ -143,7 +131,7 @@ impl CustomerRow {
             addresses: fields.addresses.iter().map(Into::into).collect(),
             consents,
             source: fields.source.unwrap_or_default(),
-            state: state as i32,
+            state: pb::CustomerState::from(self.state) as i32,
             delete_time: self.delete_time.map(domain::timestamp_to_proto),
             merged_into_id: self
                 .merged_into_id
@@ -250,7 +238,7 @@ pub async fn update_fields(
 pub async fn set_state(
     conn: &mut PgConnection,
     id: Uuid,
-    state: &str,
+    state: CustomerState,
     merged_into: Option<Uuid>,
     actor: &Principal,
 ) -> Result<CustomerRow> {
@@ -486,10 +474,9 @@ pub async fn duplicate_candidates(
     my_emails.extend(me.email.clone());
     my_phones.extend(me.phone.clone());
     for point in &me.contact_points.0 {
-        match point.kind.as_str() {
-            "EMAIL" => my_emails.push(point.value.to_lowercase()),
-            "PHONE" => my_phones.push(point.value.clone()),
-            _ => {}
+        match point.kind {
+            ContactKind::Email => my_emails.push(point.value.to_lowercase()),
+            ContactKind::Phone => my_phones.push(point.value.clone()),
         }
     }
     let same_email = "(c.email = ANY($2) OR c.contact_points @> \

@@ -10,7 +10,7 @@ use crm_proto::crm::customer::v1 as pb;
 use crm_proto::crm::customer::v1::import_customers_response::Kind;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::{CustomerApi, ResponseStream, idempotency};
 use crate::domain::{CustomerFields, Principal, timestamp_from_proto};
 use crate::error::{Error, Result};
-use crate::store::{self, CUSTOMER_COLUMNS, CustomerRow};
+use crate::store;
 
 /// How many customers one export query reads.
 const EXPORT_BATCH: i64 = 500;
@@ -159,7 +159,7 @@ impl CustomerApi {
             let error = ApiError::invalid("customer", "is required");
             return Ok(rejected(index, &row.row_ref, error));
         };
-        let fields = match CustomerFields::from_proto(customer, "customer") {
+        let fields = match CustomerFields::try_from(customer) {
             Ok(fields) => fields,
             Err(v) => return Ok(rejected(index, &row.row_ref, ApiError::InvalidArgument(v))),
         };
@@ -240,13 +240,7 @@ impl CustomerApi {
 
 /// The next active customers after `after` matching the filter.
 async fn export_page(db: &PgPool, filter: &SqlFilter, after: Uuid) -> Result<Vec<pb::Customer>> {
-    let mut query = QueryBuilder::<Postgres>::new(format!(
-        "SELECT {CUSTOMER_COLUMNS} FROM customer.customers c WHERE c.state = 'ACTIVE' AND c.id > "
-    ));
-    query.push_bind(after).push(" AND (");
-    filter.push_to(&mut query);
-    query.push(format_args!(") ORDER BY c.id LIMIT {EXPORT_BATCH}"));
     let mut conn = db.acquire().await?;
-    let rows: Vec<CustomerRow> = query.build_query_as().fetch_all(&mut *conn).await?;
+    let rows = store::active_matching_after(&mut conn, filter, after, EXPORT_BATCH).await?;
     store::to_protos(&mut conn, &rows).await
 }

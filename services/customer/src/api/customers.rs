@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{CustomerApi, Write, both};
 use crate::domain::history::diff;
-use crate::domain::{CustomerFields, CustomerPatch, Principal, parse_id};
+use crate::domain::{CustomerFields, CustomerPatch, CustomerState, Principal, parse_id};
 use crate::error::{Error, Result};
 use crate::store;
 
@@ -52,7 +52,7 @@ impl CustomerApi {
             .customer
             .as_ref()
             .ok_or_else(|| ApiError::invalid("customer", "is required"))?;
-        let fields = CustomerFields::from_proto(customer, "customer")?;
+        let fields = CustomerFields::try_from(customer)?;
         idempotency::validate_request_id("request_id", &req.request_id)?;
         Ok(self
             .create_once(&fields, &req.request_id, &req, actor)
@@ -161,7 +161,7 @@ impl CustomerApi {
         let id = parse_id("id", &req.id)?;
         let mut tx = self.begin().await?;
         self.lock_active(&mut tx, id, &req.etag).await?;
-        let row = store::set_state(&mut tx, id, "DELETED", None, actor).await?;
+        let row = store::set_state(&mut tx, id, CustomerState::Deleted, None, actor).await?;
         let mut customers = self
             .finish_write(tx, &[Write::whole(row, ChangeType::Deleted)], actor)
             .await?;
@@ -183,10 +183,10 @@ impl CustomerApi {
         if !req.etag.is_empty() && req.etag != row.etag() {
             return Err(Error::EtagMismatch);
         }
-        if row.state != "DELETED" {
+        if row.state != CustomerState::Deleted {
             return Err(Error::NotDeleted(id));
         }
-        let row = store::set_state(&mut tx, id, "ACTIVE", None, actor).await?;
+        let row = store::set_state(&mut tx, id, CustomerState::Active, None, actor).await?;
         let mut customers = self
             .finish_write(tx, &[Write::whole(row, ChangeType::Undeleted)], actor)
             .await?;

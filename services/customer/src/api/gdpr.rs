@@ -14,7 +14,7 @@ use crm_proto::google::longrunning::Operation;
 use uuid::Uuid;
 
 use super::{CustomerApi, Write, both, idempotency};
-use crate::domain::{self, Principal, parse_id};
+use crate::domain::{self, CustomerState, Principal, parse_id};
 use crate::error::{Error, Result};
 use crate::store::{self, InteractionRow};
 
@@ -46,7 +46,7 @@ impl CustomerApi {
         let row = store::find(&mut tx, id, true)
             .await?
             .ok_or(Error::NotFound(id))?;
-        if row.state == "ERASED" {
+        if row.state == CustomerState::Erased {
             return Ok(store::to_protos(&mut tx, &[row]).await?.remove(0));
         }
         // Records merged into this one describe the same person: they go too.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{CustomerApi, Write};
 use crate::domain::history::{FieldChange, consent_json, diff};
-use crate::domain::{self, CustomerFields, Principal, parse_id};
+use crate::domain::{self, CustomerFields, CustomerState, Principal, parse_id};
 use crate::error::Result;
 use crate::store::{self, CustomerRow};
 
@@ -24,14 +24,14 @@ fn fold(fields: &mut CustomerFields, theirs: CustomerFields) {
     fields.company_name = fields.company_name.take().or(theirs.company_name);
     fields.owner = fields.owner.take().or(theirs.owner);
     for (kind, mine, other) in [
-        ("PHONE", &mut fields.phone, theirs.phone),
-        ("EMAIL", &mut fields.email, theirs.email),
+        (domain::ContactKind::Phone, &mut fields.phone, theirs.phone),
+        (domain::ContactKind::Email, &mut fields.email, theirs.email),
     ] {
         if mine.is_none() {
             *mine = other;
         } else if let Some(value) = other.filter(|v| Some(v) != mine.as_ref()) {
             fields.contact_points.push(domain::ContactPoint {
-                kind: kind.into(),
+                kind,
                 value,
                 label: "merged".into(),
             });
@@ -177,7 +177,9 @@ impl CustomerApi {
                 survivor_row = Some(row);
             } else {
                 // The duplicate leaves the active set first, freeing its email for the survivor.
-                let merged = store::set_state(tx, row.id, "MERGED", Some(survivor), actor).await?;
+                let merged =
+                    store::set_state(tx, row.id, CustomerState::Merged, Some(survivor), actor)
+                        .await?;
                 writes.push((row, Write::merged(merged, survivor)));
             }
         }

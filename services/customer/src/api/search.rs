@@ -5,7 +5,7 @@ use crm_platform::list::ListRequest;
 use crm_proto::crm::customer::v1 as pb;
 
 use super::CustomerApi;
-use crate::domain::parse_id;
+use crate::domain::{CustomerState, parse_id};
 use crate::error::{Error, Result};
 use crate::store::{self, CustomerRow, SearchMode};
 
@@ -74,7 +74,7 @@ impl CustomerApi {
         let limit = max_results(req.max_results)?;
         let mut conn = self.db.acquire().await?;
         let me = self.ensure_exists(&mut conn, id).await?;
-        if me.state != "ACTIVE" {
+        if me.state != CustomerState::Active {
             return Err(Error::NotActive {
                 id,
                 state: me.state,

@@ -71,7 +71,9 @@ fn field_json(f: &CustomerFields, path: &str) -> Option<Json> {
         "family_name" => text(&f.family_name),
         "phone" => text(&f.phone),
         "company_name" => text(&f.company_name),
-        "lifecycle_stage" => Some(json!(format!("LIFECYCLE_STAGE_{}", f.lifecycle_stage))),
+        "lifecycle_stage" => Some(json!(
+            pb::LifecycleStage::from(f.lifecycle_stage).as_str_name()
+        )),
         "owner" => f.owner.as_ref().map(|o| o.to_json()),
         "tags" => (!f.tags.is_empty()).then(|| json!(f.tags)),
         "contact_points" => list(&f.contact_points, contact_point_json),
@@ -102,7 +104,7 @@ fn contact_point_json(cp: &ContactPoint) -> Json {
     put(
         &mut object,
         "type",
-        json!(format!("CONTACT_POINT_TYPE_{}", cp.kind)),
+        json!(pb::ContactPointType::from(cp.kind).as_str_name()),
     );
     put(&mut object, "value", json!(cp.value));
     put(&mut object, "label", json!(cp.label));
@@ -224,12 +226,12 @@ pub fn to_value(json: &Json) -> prost_types::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Principal;
+    use crate::domain::{LifecycleStage, Principal};
 
     fn fields() -> CustomerFields {
         CustomerFields {
             display_name: "Ada".into(),
-            lifecycle_stage: "LEAD",
+            lifecycle_stage: LifecycleStage::Lead,
             ..Default::default()
         }
     }
@@ -244,7 +246,7 @@ mod tests {
         let old = fields();
         let mut new = fields();
         new.email = Some("ada@example.com".into());
-        new.lifecycle_stage = "CUSTOMER";
+        new.lifecycle_stage = LifecycleStage::Customer;
         new.owner = Some(Principal {
             kind: "TEAM",
             id: "emea".into(),

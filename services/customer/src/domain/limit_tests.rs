@@ -17,7 +17,7 @@ fn customer() -> pb::Customer {
 
 /// The fields `from_proto` names as violated (empty when the customer is valid).
 fn violations(c: &pb::Customer) -> Vec<String> {
-    match CustomerFields::from_proto(c, "customer") {
+    match CustomerFields::try_from(c) {
         Ok(_) => Vec::new(),
         Err(v) => v.iter().map(|v| v.field.clone()).collect(),
     }
@@ -98,7 +98,7 @@ fn an_email_may_have_a_64_character_local_part_and_254_characters_in_all() {
 fn tags_are_fifty_characters_of_lower_case_letters_digits_dash_and_underscore_at_most_fifty() {
     let mut c = customer();
     c.tags = vec!["a".repeat(50), "x_y-9".into(), "VIP".into()];
-    let fields = CustomerFields::from_proto(&c, "customer").unwrap();
+    let fields = CustomerFields::try_from(&c).unwrap();
     assert_eq!(fields.tags, ["a".repeat(50), "x_y-9".into(), "vip".into()]);
 
     for bad in [
@@ -184,7 +184,7 @@ fn a_timestamp_attribute_comes_back_as_the_same_timestamp() {
         ),
     ]);
 
-    let stored = CustomerFields::from_proto(&c, "customer").unwrap();
+    let stored = CustomerFields::try_from(&c).unwrap();
     let back = stored.attributes.to_proto();
 
     assert_eq!(back["renewal"].kind, Some(Kind::TimestampValue(when)));
@@ -211,10 +211,10 @@ fn contact_points_are_checked_by_their_type_and_at_most_twenty() {
         contact(Email, "Ada@Example.COM"),
         contact(Phone, "+4915112345678"),
     ];
-    let fields = CustomerFields::from_proto(&c, "customer").unwrap();
-    assert_eq!(fields.contact_points[0].kind, "EMAIL");
+    let fields = CustomerFields::try_from(&c).unwrap();
+    assert_eq!(fields.contact_points[0].kind, ContactKind::Email);
     assert_eq!(fields.contact_points[0].value, "ada@example.com");
-    assert_eq!(fields.contact_points[1].kind, "PHONE");
+    assert_eq!(fields.contact_points[1].kind, ContactKind::Phone);
 
     for (point, field) in [
         (
@@ -268,7 +268,7 @@ fn address(lines: usize) -> pb::CustomerAddress {
 fn addresses_need_a_region_code_and_are_bounded_in_lines_labels_and_number() {
     let mut c = customer();
     c.addresses = vec![address(5)];
-    let fields = CustomerFields::from_proto(&c, "customer").unwrap();
+    let fields = CustomerFields::try_from(&c).unwrap();
     let mut expected = address(5);
     expected.address.as_mut().unwrap().region_code = "DE".into();
     assert_eq!(pb::CustomerAddress::from(&fields.addresses[0]), expected);
@@ -318,7 +318,7 @@ fn paths(paths: &[&str]) -> Vec<String> {
 
 #[test]
 fn the_whole_attribute_map_and_single_attribute_paths_are_updatable() {
-    let mut stored = CustomerFields::from_proto(&customer(), "customer").unwrap();
+    let mut stored = CustomerFields::try_from(&customer()).unwrap();
     let mut incoming = customer();
     incoming.attributes = BTreeMap::from([
         ("plan".to_string(), string_value("pro".into())),
@@ -353,7 +353,7 @@ fn the_whole_attribute_map_and_single_attribute_paths_are_updatable() {
 
 #[test]
 fn a_violation_inside_a_masked_list_field_is_reported() {
-    let mut stored = CustomerFields::from_proto(&customer(), "customer").unwrap();
+    let mut stored = CustomerFields::try_from(&customer()).unwrap();
     let mut incoming = customer();
     incoming.contact_points = vec![contact(pb::ContactPointType::Email, "not-an-email")];
     incoming.tags = vec!["Bad Tag".into()];
@@ -376,7 +376,7 @@ fn an_attribute_path_keeps_the_timestamp_kind_of_the_value_it_sets() {
         seconds: 1_764_000_000,
         nanos: 0,
     };
-    let mut stored = CustomerFields::from_proto(&customer(), "customer").unwrap();
+    let mut stored = CustomerFields::try_from(&customer()).unwrap();
     let mut incoming = customer();
     incoming.attributes = BTreeMap::from([(
         "renewal".to_string(),
@@ -410,7 +410,7 @@ fn attribute_paths_may_fill_the_map_to_fifty_but_not_beyond() {
     c.attributes = (0..49)
         .map(|i| (format!("k{i}"), string_value("x".into())))
         .collect();
-    let mut stored = CustomerFields::from_proto(&c, "customer").unwrap();
+    let mut stored = CustomerFields::try_from(&c).unwrap();
     let mut incoming = customer();
     incoming.attributes = BTreeMap::from([
         ("k49".to_string(), string_value("x".into())),

@@ -87,7 +87,7 @@ impl CustomerPatch {
     pub fn new(incoming: &pb::Customer, paths: &[String]) -> Result<Self, FieldViolations> {
         validate_mask(paths)?;
         let mut all = FieldViolations::new();
-        let validated = CustomerFields::validate_all(incoming, "customer", &mut all);
+        let validated = CustomerFields::collect(incoming, &mut all);
         let mut v = FieldViolations::new();
         for violation in all.iter() {
             let field = violation.field.trim_start_matches("customer.");

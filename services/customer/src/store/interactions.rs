@@ -5,7 +5,7 @@ use crm_proto::crm::customer::v1 as pb;
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
-use crate::domain::{self, Principal};
+use crate::domain::{self, NewInteraction, Principal};
 use crate::error::Result;
 
 /// One stored interaction. No owner is `owner_kind` and `owner_id` both empty; a direction
@@ -79,10 +79,11 @@ pub async fn all_interactions(
     .await?)
 }
 
-/// Stores an interaction.
+/// Stores an interaction recorded by `actor`.
 pub async fn insert_interaction(
     conn: &mut PgConnection,
-    row: &InteractionRow,
+    interaction: &NewInteraction,
+    actor: &Principal,
 ) -> Result<InteractionRow> {
     let sql = format!(
         "INSERT INTO customer.interactions (id, customer_id, type, direction, subject, body, \
@@ -90,19 +91,24 @@ pub async fn insert_interaction(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
          RETURNING {INTERACTION_COLUMNS}"
     );
+    // No owner is stored as an empty kind and id, as the columns are NOT NULL.
+    let (owner_kind, owner_id) = interaction
+        .owner
+        .as_ref()
+        .map_or(("", ""), |o| (o.kind, o.id.as_str()));
     Ok(sqlx::query_as(&sql)
-        .bind(row.id)
-        .bind(row.customer_id)
-        .bind(&row.r#type)
-        .bind(&row.direction)
-        .bind(&row.subject)
-        .bind(&row.body)
-        .bind(row.occur_time)
-        .bind(row.duration_ms)
-        .bind(&row.owner_kind)
-        .bind(&row.owner_id)
-        .bind(&row.created_by_kind)
-        .bind(&row.created_by)
+        .bind(Uuid::now_v7())
+        .bind(interaction.customer_id)
+        .bind(interaction.kind_name())
+        .bind(interaction.direction_name())
+        .bind(&interaction.subject)
+        .bind(&interaction.body)
+        .bind(interaction.occur_time)
+        .bind(interaction.duration_ms)
+        .bind(owner_kind)
+        .bind(owner_id)
+        .bind(actor.kind)
+        .bind(&actor.id)
         .fetch_one(conn)
         .await?)
 }

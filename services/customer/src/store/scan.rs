@@ -1,6 +1,8 @@
-//! What the bulk duplicate scan reads: the active customers, in id order, a batch at a time.
+//! What the bulk reads walk: the active customers, in id order, a batch at a time (the
+//! duplicate scan over all of them, the export over those matching a filter).
 
-use sqlx::PgConnection;
+use crm_platform::filter::SqlFilter;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::{CUSTOMER_COLUMNS, CustomerRow};
@@ -31,4 +33,20 @@ pub async fn active_after(
         .bind(limit)
         .fetch_all(conn)
         .await?)
+}
+
+/// Up to `limit` active customers matching `filter` with ids after `after`, in id order.
+pub async fn active_matching_after(
+    conn: &mut PgConnection,
+    filter: &SqlFilter,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<CustomerRow>> {
+    let mut query = QueryBuilder::<Postgres>::new(format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customer.customers c WHERE c.state = 'ACTIVE' AND c.id > "
+    ));
+    query.push_bind(after).push(" AND (");
+    filter.push_to(&mut query);
+    query.push(") ORDER BY c.id LIMIT ").push_bind(limit);
+    Ok(query.build_query_as().fetch_all(conn).await?)
 }
