@@ -2,7 +2,9 @@
 //! requested count instead of duplicating.
 
 use anyhow::Context as _;
-use crm_customer::domain::{Address, Attributes, ContactPoint, CustomerFields, Principal};
+use crm_customer::domain::{
+    Address, Attributes, ContactKind, ContactPoint, CustomerFields, LifecycleStage, Principal,
+};
 use crm_platform::config::Config;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -102,13 +104,14 @@ const TAGS: &[&str] = &[
     "partner",
     "churn-risk",
 ];
-const STAGES: &[&str] = &[
-    "SUBSCRIBER",
-    "LEAD",
-    "OPPORTUNITY",
-    "CUSTOMER",
-    "CUSTOMER",
-    "CHURNED",
+// Customers appear twice: most demo records are paying ones.
+const STAGES: &[LifecycleStage] = &[
+    LifecycleStage::Subscriber,
+    LifecycleStage::Lead,
+    LifecycleStage::Opportunity,
+    LifecycleStage::Customer,
+    LifecycleStage::Customer,
+    LifecycleStage::Churned,
 ];
 const PLANS: &[&str] = &["free", "starter", "pro", "enterprise"];
 
@@ -155,7 +158,7 @@ pub fn demo_customer(i: u32) -> CustomerFields {
         },
         contact_points: if rng.random_bool(0.2) {
             vec![ContactPoint {
-                kind: "EMAIL".into(),
+                kind: ContactKind::Email,
                 value: format!("{}.{i}@work.example.com", slug(family)),
                 label: "work".into(),
             }]
