@@ -21,6 +21,7 @@ use crm_platform::feed::{self, Feed};
 use crm_platform::filter::{self, FilterSchema};
 
 use crm_platform::idempotency;
+use crm_platform::list::{ListRequest, ListSchema, Page, PreparedList};
 use crm_platform::operations::{OnRestart, OperationStore};
 use crm_platform::page_token::PageTokenCodec;
 use crm_platform::{ApiError, FieldViolations};
@@ -232,6 +233,25 @@ impl CustomerApi {
             });
         }
         Ok(row)
+    }
+
+    /// One page of a list under one customer (its timeline, field history, consents, merges):
+    /// the request is checked before a connection is taken, then the customer is looked up and
+    /// the page read on that one pooled connection. `customer` is `None` for a list of every
+    /// customer's rows.
+    async fn page_under_customer<R>(
+        &self,
+        schema: &ListSchema,
+        request: &ListRequest<'_>,
+        customer: Option<Uuid>,
+        fetch: impl AsyncFnOnce(&mut PgConnection, &PreparedList<'_>) -> Result<Page<R>>,
+    ) -> Result<Page<R>> {
+        let list = schema.prepare(&self.page_tokens, request)?;
+        let mut conn = self.db.acquire().await?;
+        if let Some(id) = customer {
+            self.ensure_exists(&mut conn, id).await?;
+        }
+        fetch(&mut conn, &list).await
     }
 
     /// Fails with NOT_FOUND unless a customer (in any state) has this id.

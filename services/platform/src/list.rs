@@ -320,6 +320,33 @@ pub struct ListRequest<'a> {
     pub scope: &'a [&'a str],
 }
 
+impl<'a> ListRequest<'a> {
+    /// A request for the page `page_token` of `page_size` rows, unfiltered, in the default
+    /// order, with no scope; the builder methods below add the rest.
+    pub fn new(page_size: i32, page_token: &'a str) -> Self {
+        Self {
+            page_size,
+            page_token,
+            ..Self::default()
+        }
+    }
+
+    /// With the request's `filter`.
+    pub fn filter(self, filter: &'a str) -> Self {
+        Self { filter, ..self }
+    }
+
+    /// With the request's `order_by`.
+    pub fn order_by(self, order_by: &'a str) -> Self {
+        Self { order_by, ..self }
+    }
+
+    /// With the request's fields that choose its rows (see [`ListRequest::scope`]).
+    pub fn scope(self, scope: &'a [&'a str]) -> Self {
+        Self { scope, ..self }
+    }
+}
+
 /// What a page token holds.
 #[derive(Serialize, Deserialize)]
 struct Cursor<S> {

@@ -80,18 +80,14 @@ impl CustomerApi {
         req: pb::ListConsentHistoryRequest,
     ) -> Result<pb::ListConsentHistoryResponse> {
         let id = parse_id("customer_id", &req.customer_id)?;
-        let list = store::CONSENT_HISTORY.prepare(
-            &self.page_tokens,
-            &ListRequest {
-                page_size: req.page_size,
-                page_token: &req.page_token,
-                scope: &[&req.customer_id],
-                ..ListRequest::default()
-            },
-        )?;
-        let mut conn = self.db.acquire().await?;
-        self.ensure_exists(&mut conn, id).await?;
-        let page = store::consent_history_page(&mut conn, &list, id).await?;
+        let page = self
+            .page_under_customer(
+                &store::CONSENT_HISTORY,
+                &ListRequest::new(req.page_size, &req.page_token).scope(&[&req.customer_id]),
+                Some(id),
+                async |conn, list| store::consent_history_page(conn, list, id).await,
+            )
+            .await?;
         Ok(pb::ListConsentHistoryResponse {
             consents: page.rows,
             next_page_token: page.next_page_token,

@@ -102,13 +102,10 @@ impl CustomerApi {
         let show_deleted = if req.show_deleted { "1" } else { "0" };
         let list = store::CUSTOMERS.prepare(
             &self.page_tokens,
-            &ListRequest {
-                page_size: req.page_size,
-                page_token: &req.page_token,
-                filter: &req.filter,
-                order_by: &req.order_by,
-                scope: &[show_deleted],
-            },
+            &ListRequest::new(req.page_size, &req.page_token)
+                .filter(&req.filter)
+                .order_by(&req.order_by)
+                .scope(&[show_deleted]),
         )?;
         // One connection for the page and its consents.
         let mut conn = self.db.acquire().await?;

@@ -16,19 +16,16 @@ impl CustomerApi {
         req: pb::ListCustomerFieldChangesRequest,
     ) -> Result<pb::ListCustomerFieldChangesResponse> {
         let id = parse_id("customer_id", &req.customer_id)?;
-        let list = store::FIELD_CHANGES.prepare(
-            &self.page_tokens,
-            &ListRequest {
-                page_size: req.page_size,
-                page_token: &req.page_token,
-                filter: &req.filter,
-                scope: &[&req.customer_id],
-                ..ListRequest::default()
-            },
-        )?;
-        let mut conn = self.db.acquire().await?;
-        self.ensure_exists(&mut conn, id).await?;
-        let page = store::field_changes_page(&mut conn, &list, id).await?;
+        let page = self
+            .page_under_customer(
+                &store::FIELD_CHANGES,
+                &ListRequest::new(req.page_size, &req.page_token)
+                    .filter(&req.filter)
+                    .scope(&[&req.customer_id]),
+                Some(id),
+                async |conn, list| store::field_changes_page(conn, list, id).await,
+            )
+            .await?;
         Ok(pb::ListCustomerFieldChangesResponse {
             field_changes: page.rows.iter().map(|row| row.to_proto()).collect(),
             next_page_token: page.next_page_token,

@@ -47,19 +47,16 @@ impl CustomerApi {
         req: pb::ListInteractionsRequest,
     ) -> Result<pb::ListInteractionsResponse> {
         let id = parse_id("customer_id", &req.customer_id)?;
-        let list = store::INTERACTIONS.prepare(
-            &self.page_tokens,
-            &ListRequest {
-                page_size: req.page_size,
-                page_token: &req.page_token,
-                filter: &req.filter,
-                scope: &[&req.customer_id],
-                ..ListRequest::default()
-            },
-        )?;
-        let mut conn = self.db.acquire().await?;
-        self.ensure_exists(&mut conn, id).await?;
-        let page = store::interactions_page(&mut conn, &list, id).await?;
+        let page = self
+            .page_under_customer(
+                &store::INTERACTIONS,
+                &ListRequest::new(req.page_size, &req.page_token)
+                    .filter(&req.filter)
+                    .scope(&[&req.customer_id]),
+                Some(id),
+                async |conn, list| store::interactions_page(conn, list, id).await,
+            )
+            .await?;
         Ok(pb::ListInteractionsResponse {
             interactions: page.rows.iter().map(InteractionRow::to_proto).collect(),
             next_page_token: page.next_page_token,

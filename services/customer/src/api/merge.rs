@@ -250,21 +250,16 @@ impl CustomerApi {
         } else {
             Some(parse_id("customer_id", &req.customer_id)?)
         };
-        let list = store::MERGE_RECORDS.prepare(
-            &self.page_tokens,
-            &ListRequest {
-                page_size: req.page_size,
-                page_token: &req.page_token,
-                filter: &req.filter,
-                scope: &[&req.customer_id],
-                ..ListRequest::default()
-            },
-        )?;
-        let mut conn = self.db.acquire().await?;
-        if let Some(id) = survivor {
-            self.ensure_exists(&mut conn, id).await?;
-        }
-        let page = store::merge_records_page(&mut conn, &list, survivor).await?;
+        let page = self
+            .page_under_customer(
+                &store::MERGE_RECORDS,
+                &ListRequest::new(req.page_size, &req.page_token)
+                    .filter(&req.filter)
+                    .scope(&[&req.customer_id]),
+                survivor,
+                async |conn, list| store::merge_records_page(conn, list, survivor).await,
+            )
+            .await?;
         Ok(pb::ListMergeRecordsResponse {
             merge_records: page.rows,
             next_page_token: page.next_page_token,

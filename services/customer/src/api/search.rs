@@ -30,13 +30,9 @@ impl CustomerApi {
         let tsquery = words.join(" & ");
         let list = store::SEARCH.prepare_with_state::<SearchMode>(
             &self.page_tokens,
-            &ListRequest {
-                page_size: req.page_size,
-                page_token: &req.page_token,
-                filter: &req.filter,
-                scope: &[&query],
-                ..ListRequest::default()
-            },
+            &ListRequest::new(req.page_size, &req.page_token)
+                .filter(&req.filter)
+                .scope(&[&query]),
         )?;
         // One connection for the pages and their consents.
         let mut conn = self.db.acquire().await?;
