@@ -655,3 +655,34 @@ async fn get_list_and_wait_at_four_times_the_pool_size_all_succeed() {
     let failed: Vec<_> = results.into_iter().filter_map(Result::err).collect();
     assert!(failed.is_empty(), "{failed:?}");
 }
+
+#[tokio::test]
+async fn cancel_and_delete_at_four_times_the_pool_size_all_succeed() {
+    let pool_size = 2;
+    let fx = fixture_with_pool(pool_size).await;
+    // No workers: the operations stay queued, so each cancel ends one at once.
+    let mut names = Vec::new();
+    for _ in 0..4 * pool_size {
+        names.push(fx.start("block", &echo(Code::Ok, "")).await.name);
+    }
+
+    let cancelled = within(futures::future::join_all(
+        names.iter().map(|name| fx.cancel(name)),
+    ))
+    .await;
+    let deleted = within(futures::future::join_all(
+        names.iter().map(|name| fx.delete(name)),
+    ))
+    .await;
+
+    let failed: Vec<_> = cancelled
+        .into_iter()
+        .chain(deleted)
+        .filter_map(Result::err)
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    for name in &names {
+        let gone = fx.get(name).await.unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound, "{name} was deleted: {gone:?}");
+    }
+}
