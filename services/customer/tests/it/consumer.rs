@@ -13,7 +13,9 @@ use sqlx::migrate::Migrator;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Client, TestApp, ada, config, redis_url, spawn_app, spawn_with, within};
+use crate::common::{
+    Client, TestApp, ada, config, eventually, redis_url, spawn_app, spawn_with, within,
+};
 
 /// The consumer's own schema (a service with no tables but the platform's).
 const SCHEMA: &str = "follower";
@@ -39,6 +41,11 @@ impl Recorder {
     fn seen<T>(&self, f: impl FnOnce(&mut Seen) -> T) -> T {
         f(&mut self.0.lock().unwrap())
     }
+
+    /// Whether every one of `tokens` has been handled.
+    fn has_handled(&self, tokens: &[i64]) -> bool {
+        self.seen(|s| tokens.iter().all(|t| s.handled.contains(t)))
+    }
 }
 
 impl ChangeHandler<pb::WatchCustomerChangesResponse> for Recorder {
@@ -62,6 +69,36 @@ impl ChangeHandler<pb::WatchCustomerChangesResponse> for Recorder {
 
 /// The producer the consumer calls; replaced when the producer restarts elsewhere.
 type Producer = Arc<Mutex<Client>>;
+
+/// A running producer (the customer service), a client of it, the producer handle the
+/// consumer calls, and the consumer's database.
+async fn arrange() -> (TestApp, Client, Producer, Database) {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let producer: Producer = Arc::new(Mutex::new(client.clone()));
+    let database = consumer_database(&app).await;
+    (app, client, producer, database)
+}
+
+/// A consumer that handled two new events and stopped, leaving its checkpoint after them;
+/// returns the feed's events at that point.
+async fn consume_two_events_then_stop(
+    app: &TestApp,
+    client: &Client,
+    producer: &Producer,
+    database: &Database,
+) -> Vec<i64> {
+    let recorder = Recorder::default();
+    let consumer = start(database, producer, recorder.clone());
+    write_two_events(client).await;
+    let before = feed_tokens(app).await;
+    until("the first consumer handled both events", || {
+        recorder.has_handled(&before)
+    })
+    .await;
+    stop(consumer).await;
+    before
+}
 
 /// The consumer's database: its own schema in the producer's test database.
 async fn consumer_database(app: &TestApp) -> Database {
@@ -110,15 +147,9 @@ async fn stop((shutdown, task): (CancellationToken, JoinHandle<()>)) {
     within(task).await.expect("the consumer stops cleanly");
 }
 
-/// Polls until `condition` holds, failing the test after the call timeout.
+/// Polls until `condition` holds, failing the test after the kit's wait.
 async fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    within(async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(condition(), "{what}");
+    eventually(what, || std::future::ready(condition())).await;
 }
 
 /// Every event of the producer's feed, as numbers.
@@ -164,10 +195,7 @@ async fn write_two_events(client: &Client) -> String {
 
 #[tokio::test]
 async fn a_consumer_receives_every_change_at_least_once_in_order() {
-    let app = spawn_app().await;
-    let client = app.client().await;
-    let producer: Producer = Arc::new(Mutex::new(client.clone()));
-    let database = consumer_database(&app).await;
+    let (app, client, producer, database) = arrange().await;
     let recorder = Recorder::default();
     let consumer = start(&database, &producer, recorder.clone());
 
@@ -177,10 +205,7 @@ async fn a_consumer_receives_every_change_at_least_once_in_order() {
 
     let expected = feed_tokens(&app).await;
     assert_eq!(expected.len(), 6);
-    until("every event handled", || {
-        recorder.seen(|s| expected.iter().all(|t| s.handled.contains(t)))
-    })
-    .await;
+    until("every event handled", || recorder.has_handled(&expected)).await;
     let handled = recorder.seen(|s| s.handled.clone());
     assert_eq!(assert_in_order(&handled), expected);
     assert_eq!(recorder.seen(|s| s.resyncs), 1, "the first start re-syncs");
@@ -194,19 +219,8 @@ async fn a_consumer_receives_every_change_at_least_once_in_order() {
 
 #[tokio::test]
 async fn a_restarted_consumer_resumes_from_its_checkpoint_without_a_resync() {
-    let app = spawn_app().await;
-    let client = app.client().await;
-    let producer: Producer = Arc::new(Mutex::new(client.clone()));
-    let database = consumer_database(&app).await;
-    let first = Recorder::default();
-    let consumer = start(&database, &producer, first.clone());
-    write_two_events(&client).await;
-    let before = feed_tokens(&app).await;
-    until("the first consumer handled both events", || {
-        first.seen(|s| before.iter().all(|t| s.handled.contains(t)))
-    })
-    .await;
-    stop(consumer).await;
+    let (app, client, producer, database) = arrange().await;
+    let before = consume_two_events_then_stop(&app, &client, &producer, &database).await;
 
     write_two_events(&client).await;
     let second = Recorder::default();
@@ -215,7 +229,7 @@ async fn a_restarted_consumer_resumes_from_its_checkpoint_without_a_resync() {
     let all = feed_tokens(&app).await;
     let missed = &all[before.len()..];
     until("the restarted consumer handled what it missed", || {
-        second.seen(|s| missed.iter().all(|t| s.handled.contains(t)))
+        second.has_handled(missed)
     })
     .await;
     stop(consumer).await;
@@ -230,16 +244,13 @@ async fn a_restarted_consumer_resumes_from_its_checkpoint_without_a_resync() {
 
 #[tokio::test]
 async fn a_consumer_follows_the_producer_across_its_restart() {
-    let app = spawn_app().await;
-    let client = app.client().await;
-    let producer: Producer = Arc::new(Mutex::new(client.clone()));
-    let database = consumer_database(&app).await;
+    let (app, client, producer, database) = arrange().await;
     let recorder = Recorder::default();
     let consumer = start(&database, &producer, recorder.clone());
     write_two_events(&client).await;
     let before = feed_tokens(&app).await;
     until("the events before the restart handled", || {
-        recorder.seen(|s| before.iter().all(|t| s.handled.contains(t)))
+        recorder.has_handled(&before)
     })
     .await;
 
@@ -252,7 +263,7 @@ async fn a_consumer_follows_the_producer_across_its_restart() {
 
     let all = feed_tokens(&restarted).await;
     until("the events after the restart handled", || {
-        recorder.seen(|s| all.iter().all(|t| s.handled.contains(t)))
+        recorder.has_handled(&all)
     })
     .await;
     stop(consumer).await;
@@ -267,19 +278,8 @@ async fn a_consumer_follows_the_producer_across_its_restart() {
 
 #[tokio::test]
 async fn a_consumer_whose_checkpoint_expired_resyncs_then_follows_the_feed() {
-    let app = spawn_app().await;
-    let client = app.client().await;
-    let producer: Producer = Arc::new(Mutex::new(client.clone()));
-    let database = consumer_database(&app).await;
-    let first = Recorder::default();
-    let consumer = start(&database, &producer, first.clone());
-    write_two_events(&client).await;
-    let before = feed_tokens(&app).await;
-    until("the first events handled", || {
-        first.seen(|s| before.iter().all(|t| s.handled.contains(t)))
-    })
-    .await;
-    stop(consumer).await;
+    let (app, client, producer, database) = arrange().await;
+    consume_two_events_then_stop(&app, &client, &producer, &database).await;
     write_two_events(&client).await;
     // What 30 days of retention do to the events the consumer has not seen.
     crm_platform::feed::purge_older_than(&app.pool().await, "customer", Duration::ZERO)
@@ -307,10 +307,7 @@ async fn a_consumer_whose_checkpoint_expired_resyncs_then_follows_the_feed() {
 
 #[tokio::test]
 async fn a_failing_handler_holds_the_checkpoint_and_later_events_until_it_succeeds() {
-    let app = spawn_app().await;
-    let client = app.client().await;
-    let producer: Producer = Arc::new(Mutex::new(client.clone()));
-    let database = consumer_database(&app).await;
+    let (app, client, producer, database) = arrange().await;
     let recorder = Recorder::default();
     let consumer = start(&database, &producer, recorder.clone());
     // The re-sync stores where the consumer follows from right after the handler's part.
@@ -336,7 +333,7 @@ async fn a_failing_handler_holds_the_checkpoint_and_later_events_until_it_succee
 
     let all = feed_tokens(&app).await;
     until("both events handled once the handler recovers", || {
-        recorder.seen(|s| all.iter().all(|t| s.handled.contains(t)))
+        recorder.has_handled(&all)
     })
     .await;
     stop(consumer).await;
