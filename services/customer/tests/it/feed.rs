@@ -303,16 +303,9 @@ async fn a_merge_sends_a_merged_event_naming_the_survivor_then_the_survivors_upd
     let mut feed = watch(&client, "", None).await.unwrap();
 
     let merged = client
-        .inner
-        .clone()
-        .merge_customers(client.request(pb::MergeCustomersRequest {
-            survivor_id: survivor.id.clone(),
-            duplicate_ids: vec![duplicate.id.clone()],
-            request_id: String::new(),
-        }))
+        .merge(&survivor.id, &[&duplicate.id], "")
         .await
         .unwrap()
-        .into_inner()
         .customer
         .unwrap();
 
