@@ -115,6 +115,12 @@ pub struct DatabaseConfig {
     /// `database.url` (or `DATABASE_URL`): PostgreSQL URL. Default
     /// `postgres://postgres@127.0.0.1:5432/crm`.
     pub url: SecretString,
+    /// `database.migrate_url`: where `crm migrate` (and `database.migrate_on_start`) connect
+    /// instead of `database.url`: an admin that may `SET ROLE` to each schema's owner (with
+    /// `CREATEROLE` for `crm migrate --create-roles`), or the owner role itself. Unset or
+    /// empty: `database.url`.
+    #[serde(default)]
+    pub migrate_url: Option<SecretString>,
     /// `database.max_connections`: pool size per service. Default 10.
     pub max_connections: u32,
     /// `database.acquire_timeout_ms`: how long a call waits for a pooled connection before
@@ -324,9 +330,17 @@ impl Config {
                 .source(Some(crm_env)),
         );
         let merged = builder.build().map_err(|e| ConfigError(e.to_string()))?;
-        let config: Config = merged
+        let mut config: Config = merged
             .try_deserialize()
             .map_err(|e| ConfigError(e.to_string()))?;
+        if config
+            .database
+            .migrate_url
+            .as_ref()
+            .is_some_and(|url| url.expose_secret().is_empty())
+        {
+            config.database.migrate_url = None;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -337,6 +351,15 @@ impl Config {
             return Err(ConfigError::key(
                 "database.url",
                 "must start with postgres:// or postgresql://",
+            ));
+        }
+        if let Some(url) = &self.database.migrate_url
+            && !(url.expose_secret().starts_with("postgres://")
+                || url.expose_secret().starts_with("postgresql://"))
+        {
+            return Err(ConfigError::key(
+                "database.migrate_url",
+                "must be empty or start with postgres:// or postgresql://",
             ));
         }
         let redis_url = self.redis.url.expose_secret();
@@ -494,6 +517,30 @@ mod tests {
             config.database.url.expose_secret(),
             "postgres://a@h/specific"
         );
+    }
+
+    #[test]
+    fn migrations_connect_to_database_url_unless_migrate_url_is_set() {
+        let unset = Config::load_from(None, env(&[])).unwrap();
+        let empty = Config::load_from(None, env(&[("CRM__DATABASE__MIGRATE_URL", "")])).unwrap();
+        let set = Config::load_from(
+            None,
+            env(&[("CRM__DATABASE__MIGRATE_URL", "postgres://admin@h/crm")]),
+        )
+        .unwrap();
+        let bad = Config::load_from(
+            None,
+            env(&[("CRM__DATABASE__MIGRATE_URL", "mysql://h/crm")]),
+        )
+        .unwrap_err();
+
+        assert!(unset.database.migrate_url.is_none());
+        assert!(empty.database.migrate_url.is_none());
+        assert_eq!(
+            set.database.migrate_url.unwrap().expose_secret(),
+            "postgres://admin@h/crm"
+        );
+        assert!(bad.to_string().contains("database.migrate_url"), "{bad}");
     }
 
     #[test]

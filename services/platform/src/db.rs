@@ -7,6 +7,11 @@
 //! A schema gets two sets of migrations in one run: the platform's ([`PLATFORM_MIGRATOR`]: the
 //! tables every service has, such as request ids, versions from 1000001 on) and the service's
 //! own (versions from 1 on). One `_sqlx_migrations` table records both.
+//!
+//! Migrations run as the schema's owner, never as the role that serves: see [`roles`] for the
+//! two roles of a schema and what each may do.
+
+pub mod roles;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,7 +22,7 @@ use secrecy::ExposeSecret;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection as _, PgConnection, PgPool};
 
 use crate::config::DatabaseConfig;
 
@@ -48,6 +53,10 @@ pub struct Database {
     /// One connection of its own for readiness checks, so a busy pool never reads as an
     /// unreachable database (which would take a loaded pod out of rotation).
     health_pool: PgPool,
+    /// Where migrations connect (`database.migrate_url`, else `database.url`). A migration's
+    /// connection is taken out of this pool and closed afterwards, because migrating switches
+    /// the session's role.
+    migrate_pool: PgPool,
     migrator: &'static Migrator,
 }
 
@@ -64,38 +73,135 @@ impl Database {
             .options([("search_path", schema)])
             .application_name(&format!("crm-{schema}"))
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
+        let migrate_options = match &config.migrate_url {
+            Some(url) => PgConnectOptions::from_str(url.expose_secret())
+                .context("database.migrate_url is not a valid PostgreSQL URL")?
+                .options([("search_path", schema)]),
+            None => options.clone(),
+        };
+        let acquire_timeout = Duration::from_millis(config.acquire_timeout_ms);
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .min_connections(0)
-            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .acquire_timeout(acquire_timeout)
             .idle_timeout(Duration::from_secs(300))
             .test_before_acquire(false)
             .connect_lazy_with(options.clone());
         let health_pool = PgPoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options.application_name(&format!("crm-{schema}-health")));
+        let migrate_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(migrate_options.application_name(&format!("crm-{schema}-migrate")));
         Ok(Self {
             pool,
             schema,
             health_pool,
+            migrate_pool,
             migrator,
         })
     }
 
-    /// Creates the schema if needed and applies pending migrations: the platform's and the
-    /// service's, in version order.
+    /// Applies pending migrations, the platform's and the service's in version order, as the
+    /// schema's owner; creates the schema if it does not exist yet (owned by whoever migrates).
+    ///
+    /// A schema that is already up to date is only read, so a role that may only read
+    /// `_sqlx_migrations` (the runtime role, with `database.migrate_on_start`) passes; one
+    /// that is behind needs a connection that is the schema's owner or may `SET ROLE` to it.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema))
-            .execute(&self.pool)
+        let migrator = self.combined_migrator().await?;
+        let mut conn = self.migration_connection().await?;
+        let result = async {
+            if self.is_up_to_date(&mut conn, &migrator).await? {
+                return Ok(());
+            }
+            roles::become_schema_owner(&mut conn, self.schema).await?;
+            self.run(&mut conn, &migrator).await
+        }
+        .await;
+        // Never reused: its role may have been switched.
+        let _ = conn.close().await;
+        result
+    }
+
+    /// Creates the schema's two roles (see [`roles`]), hands the schema and everything in it to
+    /// the owner, migrates as the owner and grants the runtime role what it needs. Idempotent;
+    /// also converts a schema migrated before roles existed (objects owned by the admin).
+    ///
+    /// Needs a connection (`database.migrate_url`, else `database.url`) with `CREATEROLE`
+    /// that owns the database or is a superuser.
+    pub async fn migrate_with_roles(
+        &self,
+        setup: roles::RoleSetup,
+    ) -> anyhow::Result<roles::ServiceRoles> {
+        let migrator = self.combined_migrator().await?;
+        let mut conn = self.migration_connection().await?;
+        let result = async {
+            roles::prepare(&mut conn, self.schema, setup).await?;
+            roles::become_schema_owner(&mut conn, self.schema).await?;
+            self.run(&mut conn, &migrator).await?;
+            roles::grant_runtime(&mut conn, self.schema).await?;
+            roles::describe(&mut conn, self.schema).await
+        }
+        .await;
+        let _ = conn.close().await;
+        result
+    }
+
+    /// A connection of its own for one migration run, outside every pool.
+    async fn migration_connection(&self) -> anyhow::Result<PgConnection> {
+        let conn = self
+            .migrate_pool
+            .acquire()
             .await
-            .with_context(|| format!("creating schema {}", self.schema))?;
-        self.combined_migrator()
-            .await?
-            .run(&self.pool)
+            .with_context(|| format!("connecting to migrate schema {}", self.schema))?;
+        Ok(conn.detach())
+    }
+
+    async fn run(&self, conn: &mut PgConnection, migrator: &Migrator) -> anyhow::Result<()> {
+        // `run_direct`, not `run`: `run`'s `Acquire` bound on a `&mut PgConnection` makes the
+        // future not `Send` for every lifetime, and readiness migrates inside a spawned task.
+        migrator
+            .run_direct(conn)
             .await
-            .with_context(|| format!("migrating schema {}", self.schema))?;
-        Ok(())
+            .with_context(|| format!("migrating schema {}", self.schema))
+    }
+
+    /// Whether every migration of `migrator` is recorded as applied, with the same checksum,
+    /// and nothing else is: then there is nothing to do and nothing to write.
+    async fn is_up_to_date(
+        &self,
+        conn: &mut PgConnection,
+        migrator: &Migrator,
+    ) -> anyhow::Result<bool> {
+        let applied: Vec<(i64, bool, Vec<u8>)> = match sqlx::query_as(&format!(
+            "SELECT version, success, checksum FROM {}._sqlx_migrations",
+            roles::ident(self.schema)
+        ))
+        .fetch_all(&mut *conn)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("42P01" | "3F000")) =>
+            {
+                return Ok(false);
+            }
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("reading the applied migrations of {}", self.schema));
+            }
+        };
+        let known = migrator.iter().count();
+        Ok(applied.len() == known
+            && migrator.iter().all(|m| {
+                applied.iter().any(|(version, success, checksum)| {
+                    *version == m.version && *success && checksum[..] == m.checksum[..]
+                })
+            }))
     }
 
     async fn combined_migrator(&self) -> anyhow::Result<Migrator> {
@@ -147,40 +253,5 @@ impl Database {
             _ => Err(err),
         })?;
         Ok(applied == known.len() as i64)
-    }
-
-    /// Creates (or updates) the least-privilege role `crm_<schema>` that may use this schema
-    /// only. Needs a connection with CREATEROLE; the role gets no password here (set it with
-    /// `ALTER ROLE … PASSWORD` or use your platform's IAM).
-    pub async fn create_service_role(&self) -> anyhow::Result<String> {
-        let role = format!("crm_{}", self.schema);
-        let schema = self.schema;
-        let statements = [
-            format!(
-                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN \
-                 CREATE ROLE {role} LOGIN; END IF; END $$"
-            ),
-            format!("REVOKE ALL ON SCHEMA public FROM {role}"),
-            format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
-            format!(
-                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}"
-            ),
-            format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
-            format!(
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} \
-                 GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}"
-            ),
-            format!(
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} \
-                 GRANT USAGE, SELECT ON SEQUENCES TO {role}"
-            ),
-        ];
-        for statement in statements {
-            sqlx::query(&statement)
-                .execute(&self.pool)
-                .await
-                .with_context(|| format!("granting {role} access to schema {schema}"))?;
-        }
-        Ok(role)
     }
 }
