@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use crm_platform::config::{Config, EXIT_CONFIG};
+use crm_platform::db::roles::RoleSetup;
 use crm_platform::server::ServiceContext;
 
 /// CRM Suite: customer records, sales, support, marketing and ML inference over gRPC.
@@ -39,14 +40,22 @@ enum Command {
         #[arg(required = true)]
         services: Vec<String>,
     },
-    /// Apply each service's embedded migrations to its own schema (idempotent).
+    /// Apply each service's embedded migrations to its own schema (idempotent), as the schema's
+    /// owner. Connects with database.migrate_url, else database.url.
     Migrate {
         /// Services to migrate: `all` (default) or names.
         services: Vec<String>,
-        /// Also create one least-privilege login role per service (crm_<service>) that may
-        /// use only that service's schema. Needs a connection with CREATEROLE.
+        /// Also create each schema's two roles: crm_<service>_owner (NOLOGIN) owns the schema and
+        /// runs the migrations; crm_<service> (LOGIN, no password) serves, with DML on that
+        /// schema's tables only. Hands a schema migrated before to its owner. Needs a superuser,
+        /// or a role with CREATEROLE that owns the database.
         #[arg(long)]
         create_roles: bool,
+        /// With --create-roles: revoke TEMPORARY on the database and CREATE on schema public
+        /// from PUBLIC. Database-wide: every role without its own grant loses them, so use it on
+        /// a database the suite owns.
+        #[arg(long, requires = "create_roles")]
+        restrict_public: bool,
     },
     /// Print a development JWT for grpcurl (last line of stdout). Signed with auth.jwt_secret.
     Token {
@@ -131,14 +140,41 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
         Command::Migrate {
             services,
             create_roles,
+            restrict_public,
         } => {
             for service in registry::select(&services)? {
                 let database = (service.database)(&config)?;
-                database.migrate().await?;
-                println!("migrated {} (schema {})", service.name, database.schema);
-                if create_roles {
-                    let role = database.create_service_role().await?;
-                    println!("role {role} may use schema {} only", database.schema);
+                if !create_roles {
+                    database.migrate().await?;
+                    println!("migrated {} (schema {})", service.name, database.schema);
+                    continue;
+                }
+                let roles = database
+                    .migrate_with_roles(RoleSetup { restrict_public })
+                    .await?;
+                let schema = database.schema;
+                println!(
+                    "migrated {} (schema {schema}) as {}",
+                    service.name, roles.owner
+                );
+                println!(
+                    "role {} owns schema {schema}; role {} may read and write its tables only",
+                    roles.owner, roles.runtime
+                );
+                if roles.runtime_may_create_temp || roles.runtime_may_create_in_public {
+                    eprintln!(
+                        "note: {} can still create {} through PUBLIC; --restrict-public revokes \
+                         that database-wide",
+                        roles.runtime,
+                        match (
+                            roles.runtime_may_create_temp,
+                            roles.runtime_may_create_in_public
+                        ) {
+                            (true, true) => "temporary tables and objects in schema public",
+                            (true, false) => "temporary tables",
+                            _ => "objects in schema public",
+                        }
+                    );
                 }
             }
             Ok(())

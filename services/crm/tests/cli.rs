@@ -67,7 +67,12 @@ fn admin_url() -> String {
 }
 
 fn fresh_database() -> String {
-    let name = format!("crm_test_cli_{}", std::process::id());
+    fresh_database_tagged("")
+}
+
+/// A fresh database whose name also carries `tag`, for a second one in the same process.
+fn fresh_database_tagged(tag: &str) -> String {
+    let name = format!("crm_test_cli_{}{tag}", std::process::id());
     let admin = admin_url();
     let (base, _) = admin.rsplit_once('/').unwrap();
     for sql in [
@@ -299,6 +304,90 @@ fn grpcurl_can_list_call_and_the_server_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "clean exit after SIGTERM, got {status}");
+}
+
+/// `url` logging in as `role` (the test server trusts 127.0.0.1).
+fn as_role(url: &str, role: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{role}@{host}")
+}
+
+#[test]
+fn the_server_runs_as_the_runtime_role_that_migrate_created() {
+    let admin = fresh_database_tagged("_roles");
+    let runtime = as_role(&admin, "crm_customer");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let migrate = crm()
+        .args(["migrate", "all", "--create-roles", "--restrict-public"])
+        .env("DATABASE_URL", &admin)
+        .output()
+        .unwrap();
+    assert!(migrate.status.success(), "{migrate:?}");
+    // Up to date: the runtime role may run it, because it only reads.
+    let again = crm()
+        .args(["migrate", "all"])
+        .env("DATABASE_URL", &runtime)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    let _server = Server(
+        crm()
+            .args(["serve", "customer"])
+            .env("DATABASE_URL", &runtime)
+            .env("CRM__SERVER__LISTEN_ADDR", &addr)
+            .env("CRM__TELEMETRY__METRICS_ADDR", "")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        let health = run_grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
+        let text = String::from_utf8_lossy(&health.stdout).to_string();
+        if text.contains("\"SERVING\"") || Instant::now() >= deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let token = String::from_utf8(crm().arg("token").output().unwrap().stdout).unwrap();
+    let auth = format!("authorization: Bearer {}", token.lines().last().unwrap());
+
+    let created = run_grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"customer": {"display_name": "Grace Hopper", "email": "grace@example.com"}}"#,
+        &addr,
+        "crm.customer.v1.CustomerService/CreateCustomer",
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let id = created["customer"]["id"].as_str().unwrap();
+    let fetched = run_grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        &format!(r#"{{"id": "{id}"}}"#),
+        &addr,
+        "crm.customer.v1.CustomerService/GetCustomer",
+    ]);
+
+    let stdout = String::from_utf8_lossy(&migrate.stdout);
+    assert!(
+        stdout.contains("role crm_customer_owner owns schema customer"),
+        "{stdout}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&migrate.stderr).contains("note:"),
+        "nothing left to PUBLIC: {migrate:?}"
+    );
+    assert!(health.contains("\"SERVING\""), "{health}");
+    assert!(fetched.status.success(), "{fetched:?}");
+    assert!(String::from_utf8_lossy(&fetched.stdout).contains("Grace Hopper"));
 }
 
 #[test]
