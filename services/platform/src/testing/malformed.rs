@@ -469,7 +469,7 @@ fn walk(
             descend(
                 &value,
                 step(Reach::MapValue),
-                &format!("{here}[\"k\"]"),
+                &format!("{here}[\"probe\"]"),
                 path,
                 found,
             );
@@ -673,6 +673,19 @@ fn oversized_repeat(field: &FieldDescriptor) -> Value {
     Value::List(vec![item; OVERSIZED_REPEAT])
 }
 
+/// The key of a map's one entry when a probe changes its value: not the empty or zero default,
+/// which a service may refuse before it looks at the value.
+fn plausible_key(kind: &Kind) -> MapKey {
+    match kind {
+        Kind::String => MapKey::String("probe".into()),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => MapKey::I32(1),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => MapKey::I64(1),
+        Kind::Uint32 | Kind::Fixed32 => MapKey::U32(1),
+        Kind::Uint64 | Kind::Fixed64 => MapKey::U64(1),
+        _ => MapKey::default_value(kind),
+    }
+}
+
 /// Whether a field named `name` holds an id or a resource name.
 fn is_id(name: &str) -> bool {
     name == "id"
@@ -713,7 +726,7 @@ fn apply(message: &mut DynamicMessage, steps: &[Step], value: Value) {
                 }
                 return;
             }
-            map.entry(MapKey::default_value(&key_field.kind()))
+            map.entry(plausible_key(&key_field.kind()))
                 .or_insert_with(|| Value::default_value(&value_field.kind()))
         }
     };
@@ -889,8 +902,8 @@ mod tests {
             "customer.display_name",
             "customer.addresses[0].address.address_lines[0]",
             "customer.attributes<key>",
-            "customer.attributes[\"k\"].string_value",
-            "customer.attributes[\"k\"].timestamp_value",
+            "customer.attributes[\"probe\"].string_value",
+            "customer.attributes[\"probe\"].timestamp_value",
             "customer.tags",
         ] {
             assert!(
