@@ -2,9 +2,10 @@
 //!
 //! Tokens are HS256 JWTs with `sub`, `iss`, `aud`, `exp` and a space-separated `scope` claim (as
 //! in OAuth 2.0), and optionally `principal_kind: "service"` for callers that are services rather
-//! than people. Each method's scope is declared in its contract (the `(crm.common.v1.auth)`
-//! option, read by [`ContractScopes`]); health and reflection stay open so probes and
-//! `grpcurl list` work without a token.
+//! than people; `exp`, `nbf` and `iat` are checked with [`CLOCK_SKEW_LEEWAY_SECS`] of skew. Each
+//! method's scope is declared in its contract (the `(crm.common.v1.auth)` option, read by
+//! [`ContractScopes`]); health and reflection stay open so probes and `grpcurl list` work
+//! without a token.
 
 mod contract;
 
