@@ -2,9 +2,10 @@
 //!
 //! Tokens are HS256 JWTs with `sub`, `iss`, `aud`, `exp` and a space-separated `scope` claim (as
 //! in OAuth 2.0), and optionally `principal_kind: "service"` for callers that are services rather
-//! than people. Each method's scope is declared in its contract (the `(crm.common.v1.auth)`
-//! option, read by [`ContractScopes`]); health and reflection stay open so probes and
-//! `grpcurl list` work without a token.
+//! than people; `exp`, `nbf` and `iat` are checked with [`CLOCK_SKEW_LEEWAY_SECS`] of skew. Each
+//! method's scope is declared in its contract (the `(crm.common.v1.auth)` option, read by
+//! [`ContractScopes`]); health and reflection stay open so probes and `grpcurl list` work
+//! without a token.
 
 mod contract;
 
@@ -22,6 +23,9 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use crate::error::ApiError;
+
+/// Clock skew allowed between the token's issuer and this server, for `exp`, `nbf` and `iat`.
+pub const CLOCK_SKEW_LEEWAY_SECS: u64 = 30;
 
 /// Path prefixes served without a token.
 const OPEN_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
@@ -121,7 +125,7 @@ impl AuthPolicy {
         // A token used before its `nbf` is refused (jsonwebtoken skips that check by default);
         // the leeway covers clock skew for `nbf` as for `exp`.
         validation.validate_nbf = true;
-        validation.leeway = 30;
+        validation.leeway = CLOCK_SKEW_LEEWAY_SECS;
         Self {
             key: Arc::new(DecodingKey::from_secret(secret.as_bytes())),
             validation: Arc::new(validation),
@@ -175,6 +179,13 @@ impl AuthPolicy {
                 Status::unauthenticated(why)
             })?
             .claims;
+        // jsonwebtoken does not look at `iat`. A token issued later than now (beyond the skew
+        // allowance) comes from a wrong clock or a forger: it is refused as `nbf` would be.
+        if claims.iat > unix_now().saturating_add(self.validation.leeway) {
+            return Err(Status::unauthenticated(
+                "the token was issued in the future (iat): check the issuer's clock",
+            ));
+        }
         let kind = match claims.principal_kind.as_deref() {
             Some(SERVICE_PRINCIPAL_KIND) => PrincipalKind::Service,
             _ => PrincipalKind::User,
@@ -205,6 +216,14 @@ impl AuthPolicy {
         }
         Ok(Some(principal))
     }
+}
+
+/// Seconds since the Unix epoch (0 for a clock before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// Whether `path` (`/package.Service/Method`) belongs to a service whose handler checks scopes.
@@ -274,10 +293,7 @@ fn mint(
     valid_for: Duration,
     principal_kind: Option<String>,
 ) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = unix_now();
     let claims = Claims {
         sub: subject.to_string(),
         iss: issuer.to_string(),
@@ -533,6 +549,48 @@ mod tests {
     fn a_not_before_time_within_the_clock_skew_leeway_is_accepted() {
         let header = bearer_with_claims(&claims_with(serde_json::json!({"nbf": now() + 5})));
         let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
+        assert_eq!(principal.subject, "tester");
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_unauthenticated() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"iat": now() + 3600})));
+
+        let err = policy().authorize(PATH, Some(&header)).unwrap_err();
+
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(
+            err.message().contains("issued in the future"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn a_token_issued_just_beyond_the_clock_skew_leeway_is_unauthenticated() {
+        let iat = now() + CLOCK_SKEW_LEEWAY_SECS + 5;
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"iat": iat})));
+
+        let err = policy().authorize(PATH, Some(&header)).unwrap_err();
+
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn an_issue_time_within_the_clock_skew_leeway_is_accepted() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"iat": now() + 5})));
+
+        let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
+
+        assert_eq!(principal.subject, "tester");
+    }
+
+    #[test]
+    fn a_token_issued_long_ago_but_unexpired_is_accepted() {
+        let header = bearer_with_claims(&claims_with(serde_json::json!({"iat": now() - 86_400})));
+
+        let principal = policy().authorize(PATH, Some(&header)).unwrap().unwrap();
+
         assert_eq!(principal.subject, "tester");
     }
 

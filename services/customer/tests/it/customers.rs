@@ -926,3 +926,33 @@ async fn an_unknown_id_fails_the_whole_batch_with_not_found_naming_it() {
     let metadata = status.get_details_error_info().unwrap().metadata;
     assert_eq!(metadata.get("id"), Some(&unknown));
 }
+
+#[tokio::test]
+async fn extreme_finite_double_attributes_are_stored_and_read_back_exactly() {
+    // PostgreSQL prints a jsonb number in full (f64::MAX as 309 digits); reading that back
+    // must give the same double, not a decode failure answered as INTERNAL.
+    use pb::attribute_value::Kind;
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let extremes = [
+        f64::MAX,
+        f64::MIN,
+        f64::MIN_POSITIVE,
+        -f64::MIN_POSITIVE,
+        5e-324,
+    ];
+    let mut customer = ada();
+    for (i, d) in extremes.iter().enumerate() {
+        customer.attributes.insert(
+            format!("extreme_{i}"),
+            pb::AttributeValue {
+                kind: Some(Kind::DoubleValue(*d)),
+            },
+        );
+    }
+
+    let created = client.create(customer.clone()).await.unwrap();
+
+    assert_eq!(created.attributes, customer.attributes);
+    assert_eq!(client.get(&created.id).await.unwrap(), created);
+}
