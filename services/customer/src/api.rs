@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crm_platform::cache::{Cache, Keyspace, Versioned};
+use crm_platform::erasure::Vacuum;
 use crm_platform::feed::{self, Feed};
 use crm_platform::filter::{self, FilterSchema};
 
@@ -37,7 +38,7 @@ use uuid::Uuid;
 use crate::SCHEMA;
 use crate::domain::{CustomerState, Principal};
 use crate::error::{Error, Result};
-use crate::store::{self, CustomerRow};
+use crate::store::{self, CustomerRow, customer_subject};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -56,6 +57,7 @@ pub struct CustomerApi {
     page_tokens: PageTokenCodec,
     feed: Feed,
     operations: OperationStore,
+    vacuum: Vacuum,
 }
 
 /// The service's long-running operations and their handlers.
@@ -114,14 +116,16 @@ fn caller<T>(request: &Request<T>) -> Principal {
 }
 
 impl CustomerApi {
-    /// A service over `db`, caching through `cache`, publishing its changes on `feed` and
-    /// starting long work as `operations` (see [`operations`]).
+    /// A service over `db`, caching through `cache`, publishing its changes on `feed`,
+    /// starting long work as `operations` (see [`operations`]) and vacuuming what erasures
+    /// leave behind with `vacuum`.
     pub fn new(
         db: PgPool,
         cache: Cache,
         page_tokens: PageTokenCodec,
         feed: Feed,
         operations: OperationStore,
+        vacuum: Vacuum,
     ) -> Self {
         Self {
             db,
@@ -129,6 +133,7 @@ impl CustomerApi {
             page_tokens,
             feed,
             operations,
+            vacuum,
         }
     }
 

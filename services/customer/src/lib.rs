@@ -13,6 +13,7 @@ pub mod store;
 use crm_platform::cache::Cache;
 use crm_platform::config::Config;
 use crm_platform::db::Database;
+use crm_platform::erasure::Vacuum;
 use crm_platform::server::{ServiceContext, ServiceModule};
 use crm_proto::crm::customer::v1::customer_service_server::CustomerServiceServer;
 use sqlx::migrate::Migrator;
@@ -39,12 +40,14 @@ pub fn module(ctx: &ServiceContext) -> anyhow::Result<ServiceModule> {
     let feed = crm_platform::feed::Feed::start(&database, &ctx.shutdown);
     api::spawn_housekeeping(database.pool.clone(), ctx.shutdown.clone());
     let operations = api::operations(&database.pool);
+    let vacuum = Vacuum::start(&database, store::ERASED_TABLES, &ctx.shutdown);
     let api = api::CustomerApi::new(
         database.pool.clone(),
         cache,
         ctx.page_tokens.clone(),
         feed,
         operations.clone(),
+        vacuum,
     );
     Ok(ServiceModule {
         name: "customer",

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use crm_platform::idempotency::{self, Subject};
 use crm_proto::crm::customer::v1 as pb;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection};
@@ -258,8 +259,18 @@ pub async fn set_state(
         .await?)
 }
 
-/// Erases every piece of personal data of a customer (consent and field history included) and
-/// leaves a tombstone.
+/// The service's tables an erasure writes to ([`erase`]), whose dead row versions hold the
+/// erased data until they are vacuumed (`crm_platform::erasure`).
+pub const ERASED_TABLES: &[&str] = &["customers", "consents", "field_changes", "interactions"];
+
+/// Customer `id` as the subject of the stored responses that carry its data.
+pub fn customer_subject(id: Uuid) -> Subject {
+    Subject::new(RESOURCE_TYPE, id)
+}
+
+/// Erases every piece of personal data of a customer (consent and field history included, the
+/// change feed's snapshots and the stored responses of its request ids) and leaves a tombstone.
+/// The caller holds the customer's row lock (see [`idempotency::forget_subject`]).
 pub async fn erase(conn: &mut PgConnection, id: Uuid, actor: &Principal) -> Result<CustomerRow> {
     for table in ["consents", "field_changes"] {
         sqlx::query(&format!(
@@ -279,6 +290,7 @@ pub async fn erase(conn: &mut PgConnection, id: Uuid, actor: &Principal) -> Resu
     .await?;
     let id_text = id.to_string();
     crm_platform::feed::erase_snapshots(&mut *conn, crate::SCHEMA, RESOURCE_TYPE, &id_text).await?;
+    idempotency::forget_subject(&mut *conn, &customer_subject(id)).await?;
     let sql = format!(
         "UPDATE customer.customers AS c SET state = 'ERASED', display_name = NULL, email = NULL, \
            given_name = NULL, family_name = NULL, phone = NULL, company_name = NULL, \

@@ -6,7 +6,8 @@
 //! ```ignore
 //! idempotency::validate_request_id("request_id", &req.request_id)?; // at the edge
 //! let mut tx = pool.begin().await?;
-//! let outcome = idempotency::run(&mut tx, "CreateThing", &req.request_id, &req, async |tx| {
+//! let about = [Subject::new("crm.things.v1.Thing", thing.id)];
+//! let outcome = idempotency::run(&mut tx, "CreateThing", &req.request_id, &req, &about, async |tx| {
 //!     let row = store::insert(tx, &thing).await?;
 //!     Ok((pb::CreateThingResponse { thing: Some(row.to_proto()) }, row))
 //! })
@@ -25,7 +26,15 @@
 //! The claim is made inside the caller's transaction: a concurrent second insert of the same key
 //! waits on the first transaction's row lock, then sees its committed response. Ids are
 //! remembered for [`REMEMBER_FOR`]; [`purge_expired`] deletes older ones.
+//!
+//! A stored response may carry personal data, so each claim records the [`Subject`]s its
+//! response is about. Erasing a subject (GDPR) calls [`forget_subject`] in the erasing
+//! transaction: the subject's stored responses and request hashes are dropped, the keys stay.
+//! A replay of a forgotten request is `FAILED_PRECONDITION` with reason
+//! [`REQUEST_SUBJECT_ERASED`]: neither the old response (the erased data) nor a new run of the
+//! write (which would bring the subject back) is an acceptable answer.
 
+use std::fmt;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -38,6 +47,27 @@ pub const REMEMBER_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The longest request id accepted, in characters.
 pub const MAX_REQUEST_ID_LEN: usize = 100;
+
+/// The `ErrorInfo.reason` of a replay whose stored response was forgotten by an erasure.
+pub const REQUEST_SUBJECT_ERASED: &str = "REQUEST_SUBJECT_ERASED";
+
+/// A resource a stored response describes, e.g. the customer a CreateCustomer response holds:
+/// erasing its personal data must forget that response too ([`forget_subject`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Subject(String);
+
+impl Subject {
+    /// The resource `id` of type `resource_type` (the full name of its message type, as the
+    /// change feed names it, e.g. `crm.customer.v1.Customer`).
+    pub fn new(resource_type: &str, id: impl fmt::Display) -> Self {
+        Self(format!("{resource_type}/{id}"))
+    }
+
+    /// As stored: `<resource type>/<id>`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// What [`run`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +104,17 @@ enum Claim {
     Replay(Vec<u8>),
 }
 
+/// The answer to a replay of a request whose subject was erased after it ran.
+fn subject_erased(request_id: &str) -> ApiError {
+    ApiError::FailedPrecondition {
+        reason: REQUEST_SUBJECT_ERASED,
+        message: format!(
+            "request_id {request_id:?} was used by a write whose data has since been erased; \
+             its response is not kept and the write is not done again"
+        ),
+    }
+}
+
 /// Hashes the encoded request, so reuse of an id for a different request is detected.
 pub fn request_hash(encoded_request: &[u8]) -> Vec<u8> {
     Sha256::digest(encoded_request).to_vec()
@@ -99,6 +140,8 @@ pub fn validate_request_id(field: &str, request_id: &str) -> Result<(), ApiError
 }
 
 /// Does `work` once per (`method`, `request_id`) and `request`, in the caller's transaction.
+/// `about` names every resource whose data the response carries (none for a response without
+/// personal data), so that erasing one of them forgets the response ([`forget_subject`]).
 ///
 /// - A new request id is claimed in `tx`, `work` runs on `tx`, and its response is stored in
 ///   `tx` next to the claim: [`Outcome::Ran`]. The caller commits (the claim and the work
@@ -108,6 +151,9 @@ pub fn validate_request_id(field: &str, request_id: &str) -> Result<(), ApiError
 ///   on the claim's row lock until the first transaction ends, so `work` runs once.
 /// - The same id with a different request is `ALREADY_EXISTS` with reason
 ///   `REQUEST_ID_REUSED`, and nothing runs.
+/// - An id whose response was forgotten because one of its subjects was erased is
+///   `FAILED_PRECONDITION` with reason [`REQUEST_SUBJECT_ERASED`], whatever the request, and
+///   nothing runs.
 /// - An empty `request_id` (the caller asked for no idempotency) runs `work` without a claim.
 ///
 /// When `work` fails, its error is returned and the claim is released, so nothing is stored
@@ -117,6 +163,7 @@ pub async fn run<Req, Resp, T, E, F>(
     method: &str,
     request_id: &str,
     request: &Req,
+    about: &[Subject],
     work: F,
 ) -> Result<Outcome<Resp, T>, E>
 where
@@ -131,7 +178,7 @@ where
         return Ok(Outcome::Ran(response, extra));
     }
     let hash = request_hash(&request.encode_to_vec());
-    if let Claim::Replay(stored) = claim(conn, method, request_id, &hash).await? {
+    if let Claim::Replay(stored) = claim(conn, method, request_id, &hash, about).await? {
         let response = Resp::decode(stored.as_slice()).map_err(|e| {
             ApiError::Internal(anyhow::anyhow!(
                 "stored response of {method} {request_id}: {e}"
@@ -157,13 +204,16 @@ async fn claim(
     method: &str,
     request_id: &str,
     hash: &[u8],
+    about: &[Subject],
 ) -> Result<Claim, ApiError> {
+    let subjects: Vec<&str> = about.iter().map(Subject::as_str).collect();
     // An expired claim is taken over as if new; a live one is left alone and read back.
     let inserted: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO request_ids (method, request_id, request_hash) \
-         VALUES ($1, $2, $3) \
+        "INSERT INTO request_ids (method, request_id, request_hash, subjects) \
+         VALUES ($1, $2, $3, $5) \
          ON CONFLICT (method, request_id) DO UPDATE \
-           SET request_hash = EXCLUDED.request_hash, response = NULL, create_time = now() \
+           SET request_hash = EXCLUDED.request_hash, subjects = EXCLUDED.subjects, \
+               response = NULL, forget_time = NULL, create_time = now() \
            WHERE request_ids.create_time < now() - make_interval(secs => $4) \
          RETURNING true",
     )
@@ -171,18 +221,25 @@ async fn claim(
     .bind(request_id)
     .bind(hash)
     .bind(REMEMBER_FOR.as_secs_f64())
+    .bind(&subjects)
     .fetch_optional(&mut *conn)
     .await?;
     if inserted.is_some() {
         return Ok(Claim::New);
     }
-    let (stored_hash, response): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
-        "SELECT request_hash, response FROM request_ids WHERE method = $1 AND request_id = $2",
+    let (stored_hash, response, forgotten): (Vec<u8>, Option<Vec<u8>>, bool) = sqlx::query_as(
+        "SELECT request_hash, response, forget_time IS NOT NULL FROM request_ids \
+         WHERE method = $1 AND request_id = $2",
     )
     .bind(method)
     .bind(request_id)
     .fetch_one(&mut *conn)
     .await?;
+    // Checked before the hash, which the erasure dropped: any request under this id is answered
+    // the same way.
+    if forgotten {
+        return Err(subject_erased(request_id));
+    }
     if stored_hash != hash {
         return Err(ApiError::AlreadyExists {
             reason: "REQUEST_ID_REUSED",
@@ -225,6 +282,25 @@ async fn release(conn: &mut PgConnection, method: &str, request_id: &str) {
     if let Err(err) = released {
         tracing::debug!(error = %err, method, "request id not released; the transaction is aborted");
     }
+}
+
+/// Forgets every stored response about `subject`, in the caller's (erasing) transaction: the
+/// response and the request hash (a hash of personal data is personal data too) are dropped,
+/// the key is kept until it expires so that a replay is answered [`REQUEST_SUBJECT_ERASED`].
+/// Returns how many responses were forgotten.
+///
+/// Run it after the subject's row is locked: a write about the subject that committed before
+/// the lock was granted is then visible to this statement (READ COMMITTED), and one that comes
+/// after finds the subject erased.
+pub async fn forget_subject(conn: &mut PgConnection, subject: &Subject) -> Result<u64, ApiError> {
+    let done = sqlx::query(
+        "UPDATE request_ids SET response = NULL, request_hash = ''::bytea, forget_time = now() \
+         WHERE subjects @> ARRAY[$1::text] AND forget_time IS NULL",
+    )
+    .bind(subject.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Deletes request ids older than [`REMEMBER_FOR`] from the `request_ids` of the pool's

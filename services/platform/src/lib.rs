@@ -10,6 +10,7 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod erasure;
 pub mod error;
 pub mod feed;
 pub mod filter;

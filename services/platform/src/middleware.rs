@@ -1,7 +1,7 @@
 //! Tower layers every CRM Suite server runs, outermost first: [`ObservabilityLayer`] (request
 //! id, trace context, span, metrics), [`DeadlineLayer`] (`grpc-timeout` and the default
-//! deadline), [`AuthLayer`], load shedding (tower's), [`RunToCompletionLayer`], then a global
-//! concurrency limit (tower's).
+//! deadline; response streams ended at their deadline and at shutdown), [`AuthLayer`], load
+//! shedding (tower's), [`RunToCompletionLayer`], then a global concurrency limit (tower's).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,6 +12,8 @@ use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use opentelemetry::propagation::Extractor;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Code;
 use tower::{BoxError, Layer, Service};
 use tracing::Instrument;
@@ -206,9 +208,13 @@ where
         // documented pattern for services called from a spawned future).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Called now, not when the returned future is first polled: tonic starts its own
+        // `grpc-timeout` timer right after this returns, and the deadline layer's must be the
+        // earlier of the two (see `DeadlineLayer`).
+        let call = span.in_scope(|| inner.call(request));
         Box::pin(
             async move {
-                match inner.call(request).await {
+                match call.await {
                     Ok(mut response) => {
                         if let Some(code) = response.headers().get("grpc-status") {
                             recorder.finish(code_of_header(code));
@@ -316,23 +322,47 @@ pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Answers DEADLINE_EXCEEDED when a call outlives the shorter of the caller's `grpc-timeout`
-/// and the server's default deadline.
+/// and the server's default deadline, and bounds response streams:
+///
+/// - A response (a unary call's answer, a stream's start) not ready by that deadline is
+///   DEADLINE_EXCEEDED.
+/// - A response stream still open at the caller's own `grpc-timeout` ends with
+///   DEADLINE_EXCEEDED. The default deadline does not bound streams: a Watch without one stays
+///   open as long as its caller reads it.
+/// - With [`DeadlineLayer::ending_streams_at`], a response stream that is waiting for its next
+///   message when the server shuts down ends with UNAVAILABLE ("resume from your last token"),
+///   so the drain does not wait out its bound for streams that would never end by themselves,
+///   and callers reconnect to another instance. Unary answers are never cut: their body is
+///   ready as soon as it exists. A stream's messages already sent stay sent; what a handler was
+///   doing when its stream ended runs to completion ([`RunToCompletionLayer`]), its answer
+///   dropped.
 ///
 /// tonic's own timeout (`Server::timeout`, and its reading of `grpc-timeout`) wraps every layer
 /// and reports a timeout as CANCELLED, so the server must not set one. tonic still starts a
-/// timer from `grpc-timeout` when the caller sends one; this layer's timer starts first (tonic
-/// calls the inner service before starting its own) with a deadline no later, and tonic polls
-/// the inner future before its timer, so this layer's answer wins.
+/// timer from `grpc-timeout` when the caller sends one, right after calling the stack; this
+/// layer's timer is started inside that call (every layer above calls its inner service
+/// synchronously), so it is never later than tonic's, and tonic polls the inner future before
+/// its timer, so when both fire together this layer's answer wins.
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     default: Duration,
+    shutdown: Option<CancellationToken>,
 }
 
 impl DeadlineLayer {
     /// A layer applying `default` to calls that send no `grpc-timeout` (and capping those that
     /// send a longer one).
     pub fn new(default: Duration) -> Self {
-        Self { default }
+        Self {
+            default,
+            shutdown: None,
+        }
+    }
+
+    /// Also ends waiting response streams with UNAVAILABLE once `shutdown` is cancelled.
+    pub fn ending_streams_at(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = Some(shutdown);
+        self
     }
 }
 
@@ -343,6 +373,7 @@ impl<S> Layer<S> for DeadlineLayer {
         Deadline {
             inner,
             default: self.default,
+            shutdown: self.shutdown.clone(),
         }
     }
 }
@@ -352,16 +383,31 @@ impl<S> Layer<S> for DeadlineLayer {
 pub struct Deadline<S> {
     inner: S,
     default: Duration,
+    shutdown: Option<CancellationToken>,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Deadline<S>
+/// The status a stream still open at its caller's deadline ends with.
+fn deadline_exceeded(budget: Duration) -> tonic::Status {
+    tonic::Status::deadline_exceeded(format!(
+        "the call's deadline of {} ms passed",
+        budget.as_millis()
+    ))
+}
+
+/// The status a stream still open at shutdown ends with.
+fn shutting_down() -> tonic::Status {
+    tonic::Status::unavailable("the server is shutting down; resume from your last token")
+}
+
+impl<S, ResBody> Service<Request<tonic::body::Body>> for Deadline<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    ResBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Default + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<BoundedBody<ResBody>>;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -369,27 +415,190 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let budget =
-            grpc_timeout(request.headers()).map_or(self.default, |asked| asked.min(self.default));
+    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
+        // When the response stream is ended here, the request stream is ended too, so that a
+        // handler reading a client stream stops waiting for rows that will never be answered
+        // and the connection can close.
+        let cut = CancellationToken::new();
+        let mut request = request.map(|inner| {
+            tonic::body::Body::new(CutBody {
+                inner,
+                cut: Box::pin(cut.clone().cancelled_owned()),
+                ended: false,
+            })
+        });
+        let asked = grpc_timeout(request.headers());
+        let budget = asked.map_or(self.default, |asked| asked.min(self.default));
         // Started here, in `call`, so it runs from the same instant as tonic's (see above).
-        let expired = tokio::time::sleep(budget);
+        let mut expired = Box::pin(tokio::time::sleep(budget));
+        let stream_deadline = asked.map(|asked| Box::pin(tokio::time::sleep(asked)));
         // The handler's outgoing calls get what is left of it (see `crate::client`).
         request
             .extensions_mut()
             .insert(CallDeadline(expired.deadline()));
         let call = self.inner.call(request);
+        let shutdown = self.shutdown.clone();
         Box::pin(async move {
             tokio::select! {
                 biased;
-                result = call => result.map_err(Into::into),
-                () = expired => Ok(tonic::Status::deadline_exceeded(format!(
-                    "the call's deadline of {} ms passed",
-                    budget.as_millis()
-                ))
-                .into_http()),
+                result = call => {
+                    let response = result.map_err(Into::into)?;
+                    Ok(response.map(|inner| BoundedBody {
+                        inner,
+                        deadline: stream_deadline.zip(asked),
+                        shutdown: shutdown.map(|token| Box::pin(token.cancelled_owned())),
+                        cut,
+                        ended: false,
+                    }))
+                }
+                () = &mut expired => Ok(deadline_exceeded(budget).into_http()),
             }
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends with DEADLINE_EXCEEDED at the caller's deadline and with
+    /// UNAVAILABLE at shutdown while it waits for its next message (see [`DeadlineLayer`]).
+    pub struct BoundedBody<B> {
+        #[pin]
+        inner: B,
+        deadline: Option<(Pin<Box<Sleep>>, Duration)>,
+        shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        // Cancelled when this body is ended early: the request stream ends too.
+        cut: CancellationToken,
+        ended: bool,
+    }
+}
+
+impl<B: Default> Default for BoundedBody<B> {
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            deadline: None,
+            shutdown: None,
+            cut: CancellationToken::new(),
+            ended: false,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that fails with UNAVAILABLE, while it waits for the caller's next
+    /// message, once the call's response was ended early (see [`DeadlineLayer`]).
+    struct CutBody {
+        #[pin]
+        inner: tonic::body::Body,
+        cut: Pin<Box<WaitForCancellationFutureOwned>>,
+        ended: bool,
+    }
+}
+
+impl Body for CutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Pending => {}
+            ready => return ready.map(|frame| frame.map(|result| result.map_err(Into::into))),
+        }
+        if this.cut.as_mut().poll(cx).is_ready() {
+            *this.ended = true;
+            // tonic hands a `Status` found in a body error to the handler as it is.
+            let status = tonic::Status::cancelled(
+                "the call's response stream was ended (its deadline passed, or the server is \
+                 shutting down)",
+            );
+            return Poll::Ready(Some(Err(Box::new(status))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The trailers that end a stream with `status`.
+fn trailers_of(status: &tonic::Status) -> Frame<Bytes> {
+    let mut trailers = HeaderMap::new();
+    if status.add_header(&mut trailers).is_err() {
+        // Only a status with undecodable details fails here; the code alone still says it.
+        trailers.insert("grpc-status", HeaderValue::from(status.code() as i32));
+    }
+    Frame::trailers(trailers)
+}
+
+impl<B> Body for BoundedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        // The deadline first: a stream that always has a message ready must still end on time.
+        if let Some((expired, budget)) = this.deadline.as_mut()
+            && expired.as_mut().poll(cx).is_ready()
+        {
+            *this.ended = true;
+            this.cut.cancel();
+            return Poll::Ready(Some(Ok(trailers_of(&deadline_exceeded(*budget)))));
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.ended = frame.is_trailers();
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(None) => {
+                *this.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        // Only a body waiting for its next message is ended at shutdown: whole messages go out,
+        // and a unary answer (ready as soon as it exists) is never cut.
+        if let Some(shutdown) = this.shutdown.as_mut()
+            && shutdown.as_mut().poll(cx).is_ready()
+        {
+            *this.ended = true;
+            this.cut.cancel();
+            return Poll::Ready(Some(Ok(trailers_of(&shutting_down()))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
 

@@ -21,8 +21,16 @@ use crate::middleware::{AuthLayer, DeadlineLayer, ObservabilityLayer, RunToCompl
 use crate::operations::{OPERATIONS_GRPC_SERVICE, OperationStore, OperationsService};
 use crate::page_token::PageTokenCodec;
 
-/// How often readiness (database reachable and migrated) is re-checked.
-const READINESS_INTERVAL: Duration = Duration::from_secs(1);
+/// The pause between two readiness checks (database reachable and migrated).
+const READINESS_INTERVAL: Duration = Duration::from_millis(300);
+
+/// How long one readiness check may take before the database counts as unreachable. sqlx keeps
+/// retrying a refused connection until `database.acquire_timeout_ms` (2 s by default), which
+/// would hold health at SERVING that long. With the interval this bounds how long health still
+/// says SERVING after PostgreSQL went away: at most 0.8 s (a check that passed just before, the
+/// pause, then a check that fails or times out), within the 1 s the platform promises. Each
+/// service's check is one indexed query on its own health connection, about three a second.
+const READINESS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Everything a service needs from the platform to build itself.
 #[derive(Clone)]
@@ -118,12 +126,13 @@ pub async fn serve(
         config.database.migrate_on_start,
         shutdown.clone(),
     ));
-    // The deadline is this stack's, not tonic's `Server::timeout` (which reports CANCELLED); a
+    // The deadline is this stack's, not tonic's `Server::timeout` (which reports CANCELLED); it
+    // also ends open response streams at shutdown, so the drain waits for unary calls only. A
     // handler runs in its own task, inside the concurrency limit, so the limit counts handlers
     // still finishing for a caller who went away.
     let layers = tower::ServiceBuilder::new()
         .layer(ObservabilityLayer)
-        .layer(DeadlineLayer::new(config.default_timeout()))
+        .layer(DeadlineLayer::new(config.default_timeout()).ending_streams_at(shutdown.clone()))
         .layer(AuthLayer::new(policy))
         .layer(tower::load_shed::LoadShedLayer::new())
         .layer(RunToCompletionLayer)
@@ -301,7 +310,8 @@ async fn set_all(health: &HealthReporter, status: ServingStatus) {
 }
 
 /// Keeps each service's health status in step with its database: SERVING while reachable and
-/// migrated, NOT_SERVING otherwise; overall ("") SERVING only when every service is.
+/// migrated, NOT_SERVING otherwise (within 0.8 s, see [`READINESS_TIMEOUT`]); overall ("")
+/// SERVING only when every service is.
 async fn watch_readiness(
     health: HealthReporter,
     databases: Vec<(&'static str, Database)>,
@@ -334,11 +344,30 @@ async fn watch_readiness(
                     ),
                 }
             }
-            let ready = match database.is_ready().await {
-                Ok(ready) => ready,
-                Err(err) => {
+        }
+        // All services at once, so one unreachable database does not delay the others' checks.
+        let checks = futures::future::join_all(
+            databases
+                .iter()
+                .map(|(_, database)| tokio::time::timeout(READINESS_TIMEOUT, database.is_ready())),
+        )
+        .await;
+        for (i, ((name, database), check)) in databases.iter().zip(checks).enumerate() {
+            let ready = match check {
+                Ok(Ok(ready)) => ready,
+                Ok(Err(err)) => {
                     if last[i] != Some(false) {
                         tracing::warn!(service = name, error = %err, "database unreachable: NOT_SERVING");
+                    }
+                    false
+                }
+                Err(_) => {
+                    if last[i] != Some(false) {
+                        tracing::warn!(
+                            service = name,
+                            timeout = ?READINESS_TIMEOUT,
+                            "database did not answer the readiness check in time: NOT_SERVING"
+                        );
                     }
                     false
                 }

@@ -6,7 +6,7 @@ use crm_proto::crm::customer::v1 as pb;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{CustomerApi, Write, both};
+use super::{CustomerApi, Write, both, customer_subject};
 use crate::domain::consent::{ValidConsent, validate_consent};
 use crate::domain::history::{FieldChange, consent_json};
 use crate::domain::{Principal, parse_id};
@@ -33,6 +33,7 @@ impl CustomerApi {
             "RecordConsent",
             &req.request_id,
             &req,
+            &[customer_subject(id)],
             async |tx| self.record_in(tx, id, &consent, actor).await,
         )
         .await?;

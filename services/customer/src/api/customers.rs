@@ -9,7 +9,7 @@ use crm_proto::crm::customer::v1 as pb;
 use prost::Message;
 use uuid::Uuid;
 
-use super::{CustomerApi, Write, both};
+use super::{CustomerApi, Write, both, customer_subject};
 use crate::domain::history::diff;
 use crate::domain::{CustomerFields, CustomerPatch, CustomerState, Principal, parse_id};
 use crate::error::{Error, Result};
@@ -26,12 +26,21 @@ impl CustomerApi {
         hashed: &impl Message,
         actor: &Principal,
     ) -> Result<(pb::CreateCustomerResponse, bool)> {
+        let id = Uuid::now_v7();
+        let about = [customer_subject(id)];
         let mut tx = self.begin().await?;
-        let outcome = idempotency::run(&mut tx, "CreateCustomer", request_id, hashed, async |tx| {
-            let row = store::insert(tx, Uuid::now_v7(), fields, actor).await?;
-            let customer = Some(row.to_proto(Vec::new()));
-            Ok::<_, Error>((pb::CreateCustomerResponse { customer }, row))
-        })
+        let outcome = idempotency::run(
+            &mut tx,
+            "CreateCustomer",
+            request_id,
+            hashed,
+            &about,
+            async |tx| {
+                let row = store::insert(tx, id, fields, actor).await?;
+                let customer = Some(row.to_proto(Vec::new()));
+                Ok::<_, Error>((pb::CreateCustomerResponse { customer }, row))
+            },
+        )
         .await?;
         match outcome {
             Outcome::Replayed(response) => Ok((response, false)),

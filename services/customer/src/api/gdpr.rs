@@ -57,6 +57,8 @@ impl CustomerApi {
             writes.push(Write::whole(row, ChangeType::Erased));
         }
         let mut customers = self.finish_write(tx, &writes, actor).await?;
+        // Committed: the old row versions are dead, and the vacuum can remove them.
+        self.vacuum.erased();
         tracing::info!(customer_id = %id, "customer erased");
         customers
             .pop()

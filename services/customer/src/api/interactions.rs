@@ -5,7 +5,7 @@ use crm_platform::idempotency;
 use crm_platform::list::ListRequest;
 use crm_proto::crm::customer::v1 as pb;
 
-use super::CustomerApi;
+use super::{CustomerApi, customer_subject};
 use crate::domain::{NewInteraction, Principal, parse_id};
 use crate::error::{Error, Result};
 use crate::store::{self, InteractionRow};
@@ -30,6 +30,7 @@ impl CustomerApi {
             "CreateInteraction",
             &req.request_id,
             &req,
+            &[customer_subject(interaction.customer_id)],
             async |tx| {
                 self.lock_active(tx, interaction.customer_id, "").await?;
                 let stored = store::insert_interaction(tx, &interaction, actor).await?;

@@ -9,7 +9,7 @@ use crm_proto::crm::customer::v1 as pb;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{CustomerApi, Write};
+use super::{CustomerApi, Write, customer_subject};
 use crate::domain::history::{FieldChange, consent_json, diff};
 use crate::domain::{self, CustomerFields, CustomerState, Principal, parse_id};
 use crate::error::Result;
@@ -136,12 +136,18 @@ impl CustomerApi {
         actor: &Principal,
     ) -> Result<pb::MergeCustomersResponse> {
         let (survivor, duplicates) = validate_merge(&req)?;
+        // The survivor's record holds what was folded in from each duplicate.
+        let about: Vec<_> = std::iter::once(survivor)
+            .chain(duplicates.iter().copied())
+            .map(customer_subject)
+            .collect();
         let mut tx = self.begin().await?;
         let outcome = idempotency::run(
             &mut tx,
             "MergeCustomers",
             &req.request_id,
             &req,
+            &about,
             async |tx| self.merge_in(tx, survivor, &duplicates, actor).await,
         )
         .await?;

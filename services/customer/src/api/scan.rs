@@ -55,6 +55,8 @@ impl CustomerApi {
             METHOD,
             &req.request_id,
             &req,
+            // The operation as started names no customer.
+            &[],
             async |conn| -> Result<(Operation, ())> {
                 let operation = self
                     .operations

@@ -3,7 +3,7 @@
 //! then answer UNIMPLEMENTED until they run as operations (the duplicate scan does: `scan.rs`).
 
 use crate::common::{
-    Client, ada, assert_error, assert_invalid, consent, principal, spawn_app, test_user,
+    Client, ada, assert_error, assert_invalid, consent, eventually, principal, spawn_app, test_user,
 };
 use crm_proto::crm::common::v1::{Channel, PostalAddress, PrincipalKind};
 use crm_proto::crm::customer::v1 as pb;
@@ -192,6 +192,138 @@ async fn erase_removes_personal_data_but_keeps_a_tombstone() {
     .await
     .unwrap();
     assert_eq!((leftovers, snapshots), (0, 0));
+}
+
+/// CreateCustomer under `request_id`.
+async fn create_under(
+    client: &Client,
+    customer: pb::Customer,
+    request_id: &str,
+) -> Result<pb::Customer, tonic::Status> {
+    let request = client.request(pb::CreateCustomerRequest {
+        customer: Some(customer),
+        request_id: request_id.into(),
+    });
+    Ok(client
+        .inner
+        .clone()
+        .create_customer(request)
+        .await?
+        .into_inner()
+        .customer
+        .unwrap())
+}
+
+#[tokio::test]
+async fn erase_forgets_stored_responses_about_the_customer_and_a_replay_does_not_resurrect_it() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let ids: Vec<String> = (0..4).map(|_| Uuid::now_v7().to_string()).collect();
+    let original = ada_in_full();
+    let created = create_under(&client, original.clone(), &ids[0])
+        .await
+        .unwrap();
+    let duplicate = create_under(&client, ada(), &ids[1]).await.unwrap();
+    client
+        .merge(&created.id, &[&duplicate.id], &ids[2])
+        .await
+        .unwrap();
+    let bystander_request = ada();
+    let bystander = create_under(&client, bystander_request.clone(), &ids[3])
+        .await
+        .unwrap();
+
+    client.erase(&created.id, "ticket 42").await.unwrap();
+
+    let replay = create_under(&client, original, &ids[0]).await.unwrap_err();
+    assert_error(&replay, Code::FailedPrecondition, "REQUEST_SUBJECT_ERASED");
+    let merge_replay = client
+        .merge(&created.id, &[&duplicate.id], &ids[2])
+        .await
+        .unwrap_err();
+    assert_error(
+        &merge_replay,
+        Code::FailedPrecondition,
+        "REQUEST_SUBJECT_ERASED",
+    );
+    assert_eq!(
+        client.get(&created.id).await.unwrap().state,
+        pb::CustomerState::Erased as i32,
+        "the replay brought nothing back"
+    );
+    assert_eq!(
+        create_under(&client, bystander_request, &ids[3])
+            .await
+            .unwrap(),
+        bystander,
+        "a bystander's request id still replays"
+    );
+    let pool = app.pool().await;
+    let kept: Vec<String> = sqlx::query_scalar(
+        "SELECT request_id FROM customer.request_ids WHERE response IS NOT NULL",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, [ids[3].clone()]);
+    let leaks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customer.request_ids, unnest($1::text[]) AS email \
+         WHERE position(convert_to(email, 'UTF8') IN coalesce(response, ''::bytea)) > 0",
+    )
+    .bind([&created.email, &duplicate.email])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(leaks, 0, "a stored response still holds an erased email");
+    let customers: i64 = sqlx::query_scalar("SELECT count(*) FROM customer.customers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(customers, 3, "no customer was created by the replay");
+}
+
+/// Dead row versions left in the tables an erasure writes to.
+async fn dead_row_versions(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT sum((pgstattuple('customer.' || t)).dead_tuple_count)::bigint \
+         FROM unnest(ARRAY['customers', 'consents', 'field_changes', 'interactions', \
+                           'request_ids', 'change_events']) AS t",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_dead_row_versions_an_erase_leaves_are_vacuumed_soon_after() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let pool = app.pool().await;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let created = create_under(&client, ada_in_full(), &Uuid::now_v7().to_string())
+        .await
+        .unwrap();
+    record_consent(
+        &client,
+        &created.id,
+        Channel::Sms,
+        pb::ConsentStatus::Granted,
+    )
+    .await;
+
+    client.erase(&created.id, "ticket 42").await.unwrap();
+
+    assert!(
+        dead_row_versions(&pool).await > 0,
+        "the erase left dead row versions (else this test shows nothing)"
+    );
+    eventually("the erase's dead row versions are vacuumed", || async {
+        dead_row_versions(&pool).await == 0
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -1,14 +1,21 @@
-//! How the service behaves when its dependencies fail. (Draining at shutdown is the platform's,
-//! tested in crm-platform's `serving` tests.)
+//! How the service behaves when its dependencies fail, at its deadlines and at shutdown.
+//! (Draining unary calls at shutdown is the platform's, tested in crm-platform's `serving`
+//! tests; here the service's own streams.)
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::common::{
     Client, Outage, ada, assert_error, config, fresh_database, health_of, postgres_addr,
-    redis_addr, redis_url, spawn_with, via, within,
+    redis_addr, redis_url, spawn_app, spawn_with, via, within,
 };
+use crm_proto::crm::customer::v1 as pb;
+use crm_proto::crm::customer::v1::import_customers_response::Kind;
+use futures::StreamExt;
 use tokio::time::Instant;
 use tonic::Code;
+use uuid::Uuid;
 
 const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
@@ -143,6 +150,270 @@ async fn two_instances_sharing_redis_never_serve_a_stale_read_after_a_write() {
         tiers.serves_from_process(&reader).await,
         "the reader's in-process tier was still in use at the end"
     );
+}
+
+#[tokio::test]
+async fn health_turns_not_serving_when_postgres_stops_answering_whatever_the_acquire_timeout() {
+    let url = fresh_database().await;
+    let proxy = Outage::start(postgres_addr()).await;
+    // A pooled connection is awaited for a minute: health must not wait for it.
+    let settings = [("CRM__DATABASE__ACQUIRE_TIMEOUT_MS", "60000")];
+    let app = spawn_with(config(&via(&url, proxy.addr), &redis_url(), &settings)).await;
+
+    // Frozen, not gone: nothing answers and nothing closes, so only a timeout can tell.
+    proxy.stall();
+    let stalled = Instant::now();
+    wait_for(
+        "health to turn NOT_SERVING while PostgreSQL is frozen",
+        || async { health_of(app.addr).await == NOT_SERVING },
+    )
+    .await;
+    let noticed = stalled.elapsed();
+    proxy.restore();
+    let restored = Instant::now();
+    wait_for(
+        "health to turn SERVING when PostgreSQL answers again",
+        || async { health_of(app.addr).await == SERVING },
+    )
+    .await;
+
+    eprintln!(
+        "NOT_SERVING {} ms after PostgreSQL froze; SERVING {} ms after it answered again",
+        noticed.as_millis(),
+        restored.elapsed().as_millis()
+    );
+}
+
+/// One create of the outage test: what the caller was told.
+enum Told {
+    Created(String),
+    Refused(tonic::Status),
+}
+
+#[tokio::test]
+async fn postgres_restarting_under_concurrent_creates_keeps_every_acknowledged_create() {
+    let url = fresh_database().await;
+    let proxy = Outage::start(postgres_addr()).await;
+    let app = spawn_with(config(&via(&url, proxy.addr), &redis_url(), &[])).await;
+    // Around the proxy, so the test can look while the service cannot.
+    let direct = crm_platform::testing::pool(&url).await;
+    let client = Arc::new(app.client().await);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four times the pool size (10) of callers, each creating until told to stop.
+    let callers: Vec<_> = (0..40)
+        .map(|_| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut told = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let request = client.request(pb::CreateCustomerRequest {
+                        customer: Some(ada()),
+                        request_id: Uuid::now_v7().to_string(),
+                    });
+                    match client.inner.clone().create_customer(request).await {
+                        Ok(response) => {
+                            told.push(Told::Created(response.into_inner().customer.unwrap().id))
+                        }
+                        Err(status) => {
+                            told.push(Told::Refused(status));
+                            // As a caller honouring RetryInfo would, if more briefly.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                told
+            })
+        })
+        .collect();
+    wait_for("creates to succeed before the outage", || async {
+        count_customers(&direct).await > 0
+    })
+    .await;
+
+    proxy.cut();
+    wait_for("health to turn NOT_SERVING", || async {
+        health_of(app.addr).await == NOT_SERVING
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // creates keep arriving while it is down
+    proxy.restore();
+    let restored = Instant::now();
+    wait_for("health to turn SERVING again", || async {
+        health_of(app.addr).await == SERVING
+    })
+    .await;
+    let serving_after = restored.elapsed();
+    let before_more = count_customers(&direct).await;
+    wait_for("creates to succeed again", || async {
+        count_customers(&direct).await > before_more
+    })
+    .await;
+    let creating_after = restored.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    for caller in callers {
+        for told in within(caller).await.unwrap() {
+            match told {
+                Told::Created(id) => acknowledged.push(Uuid::parse_str(&id).unwrap()),
+                Told::Refused(status) => refused.push(status),
+            }
+        }
+    }
+
+    let present: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM customer.customers WHERE id = ANY($1)")
+            .bind(&acknowledged)
+            .fetch_one(&direct)
+            .await
+            .unwrap();
+    eprintln!(
+        "{} acknowledged creates, {present} present; {} refused; SERVING {} ms and creating \
+         again {} ms after PostgreSQL returned",
+        acknowledged.len(),
+        refused.len(),
+        serving_after.as_millis(),
+        creating_after.as_millis()
+    );
+    assert_eq!(
+        present,
+        acknowledged.len() as i64,
+        "an acknowledged create was lost"
+    );
+    assert!(!refused.is_empty(), "no create ran into the outage");
+    for status in &refused {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+}
+
+async fn count_customers(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM customer.customers")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A Watch of the change feed from now on, with the caller's `deadline` if any.
+async fn watch(
+    client: &Client,
+    deadline: Option<Duration>,
+) -> tonic::Streaming<pb::WatchCustomerChangesResponse> {
+    let mut request = client.request(pb::WatchCustomerChangesRequest::default());
+    if let Some(deadline) = deadline {
+        request.set_timeout(deadline);
+    }
+    client
+        .inner
+        .clone()
+        .watch_customer_changes(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Reads `stream` until it ends with an error, which it returns.
+async fn end_of<T>(stream: &mut tonic::Streaming<T>) -> tonic::Status {
+    within(async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => return status,
+                None => panic!("the stream ended without an error"),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_stream_outliving_the_callers_grpc_timeout_ends_with_deadline_exceeded() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let mut feed = watch(&client, Some(Duration::from_millis(300))).await;
+
+    let status = end_of(&mut feed).await;
+
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_unary_call_outliving_the_default_deadline_is_deadline_exceeded() {
+    let url = fresh_database().await;
+    let app = spawn_with(config(
+        &url,
+        &redis_url(),
+        &[("CRM__SERVER__DEFAULT_TIMEOUT_MS", "500")],
+    ))
+    .await;
+    let client = app.client().await;
+    let created = client.create(ada()).await.unwrap();
+    // The update waits for this row lock until its deadline passes.
+    let pool = app.pool().await;
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM customer.customers WHERE id = $1::uuid FOR UPDATE")
+        .bind(&created.id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut changed = created.clone();
+    changed.display_name = "Ada King".into();
+
+    let status = client.update(changed, &["display_name"]).await.unwrap_err();
+    holder.rollback().await.unwrap();
+
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_watch_and_import_streams_with_unavailable_and_keeps_what_was_acknowledged()
+ {
+    let url = fresh_database().await;
+    // A drain bound far beyond what the test waits: the server has to stop because its streams
+    // ended, not because the bound ran out.
+    let settings = [("CRM__SERVER__SHUTDOWN_GRACE_SECS", "120")];
+    let mut app = spawn_with(config(&url, &redis_url(), &settings)).await;
+    let client = app.client().await;
+    let mut feed = watch(&client, None).await;
+    let (rows, rows_out) = tokio::sync::mpsc::channel(8);
+    let mut import = client
+        .inner
+        .clone()
+        .import_customers(client.request(tokio_stream::wrappers::ReceiverStream::new(rows_out)))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = ada();
+    rows.send(pb::ImportCustomersRequest {
+        row_ref: "1".into(),
+        customer: Some(first.clone()),
+        request_id: Uuid::now_v7().to_string(),
+    })
+    .await
+    .unwrap();
+    let acknowledged = within(import.next()).await.unwrap().unwrap();
+    let Some(Kind::Result(result)) = acknowledged.kind else {
+        panic!("a row result: {acknowledged:?}");
+    };
+
+    // What SIGTERM does.
+    app.shutdown.cancel();
+    let watch_end = end_of(&mut feed).await;
+    let import_end = end_of(&mut import).await;
+    let stopped = app.stopped().await;
+
+    for status in [&watch_end, &import_end] {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("resume"), "{status:?}");
+    }
+    stopped.expect("the server stopped cleanly once its streams ended");
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM customer.customers WHERE id = $1::uuid")
+            .bind(&result.id)
+            .fetch_one(&crm_platform::testing::pool(&url).await)
+            .await
+            .unwrap();
+    assert_eq!(kept, 1, "the acknowledged row is committed");
+    drop(rows);
 }
 
 /// Polls `condition` until it holds, failing the test after `CONDITION_DEADLINE`.

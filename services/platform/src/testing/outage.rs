@@ -6,13 +6,26 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// A TCP proxy in front of a server (PostgreSQL, Redis) that a test can cut and restore. It
-/// keeps its port for its whole life (no unbind and rebind another test could race): while cut,
-/// it drops every open connection and closes each new one as soon as it is accepted.
+/// What the proxy does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Forwards them.
+    Up,
+    /// Drops them: the server went away (its host answered with a close).
+    Cut,
+    /// Holds them open and forwards nothing: the server or the network froze, and only a
+    /// client's own timeout tells it.
+    Stalled,
+}
+
+/// A TCP proxy in front of a server (PostgreSQL, Redis) that a test can cut, stall and restore.
+/// It keeps its port for its whole life (no unbind and rebind another test could race): while
+/// cut, it drops every open connection and closes each new one as soon as it is accepted; while
+/// stalled, it stops forwarding on open connections and leaves new ones unanswered.
 pub struct Outage {
     /// Where clients connect instead of the real server.
     pub addr: SocketAddr,
-    up: Arc<watch::Sender<bool>>,
+    state: Arc<watch::Sender<State>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -20,7 +33,7 @@ impl std::fmt::Debug for Outage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outage")
             .field("addr", &self.addr)
-            .field("up", &*self.up.borrow())
+            .field("state", &*self.state.borrow())
             .finish()
     }
 }
@@ -33,44 +46,67 @@ impl Outage {
             .await
             .expect("binding the outage proxy");
         let addr = listener.local_addr().expect("the proxy's address");
-        let up = Arc::new(watch::Sender::new(true));
-        let accept = tokio::spawn(forward(listener, target, up.clone()));
-        Arc::new(Self { addr, up, accept })
+        let state = Arc::new(watch::Sender::new(State::Up));
+        let accept = tokio::spawn(forward(listener, target, state.clone()));
+        Arc::new(Self {
+            addr,
+            state,
+            accept,
+        })
     }
 
-    /// Accepts and forwards connections again.
+    /// Accepts and forwards connections again (connections held while stalled are dropped).
     pub fn restore(&self) {
-        self.up.send_replace(true);
+        self.state.send_replace(State::Up);
     }
 
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
-        self.up.send_replace(false);
+        self.state.send_replace(State::Cut);
+    }
+
+    /// Stops forwarding: open and new connections stay open and hear nothing.
+    pub fn stall(&self) {
+        self.state.send_replace(State::Stalled);
     }
 }
 
 impl Drop for Outage {
     fn drop(&mut self) {
         self.accept.abort();
-        self.up.send_replace(false);
+        self.state.send_replace(State::Cut);
     }
 }
 
-/// Accepts connections while up, piping each to `target` until it closes or the proxy is cut.
-async fn forward(listener: TcpListener, target: SocketAddr, up: Arc<watch::Sender<bool>>) {
+/// Accepts connections, piping each to `target` while up, until it closes or the proxy leaves
+/// the up state; a connection that meets a stall is held, silent, until the state changes.
+async fn forward(listener: TcpListener, target: SocketAddr, state: Arc<watch::Sender<State>>) {
     while let Ok((mut inbound, _)) = listener.accept().await {
-        if !*up.borrow() {
-            continue; // dropped: the client sees its connection closed
-        }
-        let mut cut = up.subscribe();
-        tokio::spawn(async move {
-            let Ok(mut outbound) = TcpStream::connect(target).await else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                _ = cut.wait_for(|up| !*up) => {}
+        let mut changes = state.subscribe();
+        let now = *changes.borrow_and_update();
+        match now {
+            State::Cut => continue, // dropped: the client sees its connection closed
+            State::Stalled => {
+                tokio::spawn(async move {
+                    let _ = changes.changed().await;
+                    drop(inbound);
+                });
             }
-        });
+            State::Up => {
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                        _ = changes.wait_for(|s| *s != State::Up) => {}
+                    }
+                    if *changes.borrow_and_update() == State::Stalled {
+                        let _ = changes.changed().await;
+                    }
+                    drop((inbound, outbound));
+                });
+            }
+        }
     }
 }

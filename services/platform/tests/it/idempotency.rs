@@ -1,13 +1,16 @@
 //! `idempotency::run` against the real PostgreSQL, in a service schema migrated by
 //! `Database::migrate` (so `request_ids` is the platform's migration): replay, reuse, expiry,
-//! purge, failures and races.
+//! purge, failures, races, and forgetting an erased subject's responses.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crm_platform::ApiError;
 use crm_platform::db::Database;
-use crm_platform::idempotency::{Outcome, REMEMBER_FOR, purge_expired, request_hash, run};
+use crm_platform::idempotency::{
+    Outcome, REMEMBER_FOR, REQUEST_SUBJECT_ERASED, Subject, forget_subject, purge_expired,
+    request_hash, run,
+};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tonic_types::StatusExt;
@@ -56,8 +59,13 @@ async fn create_thing(
     Ok((response.to_string(), ()))
 }
 
-/// CreateThing `request` under `request_id`, in a transaction of its own that commits unless
-/// `run` failed.
+/// The thing named `name`, as the subject of the responses about it.
+fn thing(name: &str) -> Subject {
+    Subject::new("test.Thing", name)
+}
+
+/// CreateThing `request` (about the thing of that name) under `request_id`, in a transaction of
+/// its own that commits unless `run` failed.
 async fn call(
     pool: &PgPool,
     request_id: &str,
@@ -66,7 +74,8 @@ async fn call(
 ) -> Result<Outcome<String, ()>, ApiError> {
     let mut tx = pool.begin().await.unwrap();
     let request = request.to_string();
-    let outcome = run(&mut tx, METHOD, request_id, &request, async |tx| {
+    let about = [thing(&request)];
+    let outcome = run(&mut tx, METHOD, request_id, &request, &about, async |tx| {
         create_thing(tx, &request, response).await
     })
     .await?;
@@ -227,7 +236,7 @@ async fn the_same_id_for_another_method_is_a_separate_claim() {
 
     let mut tx = pool.begin().await.unwrap();
     let request = "merge".to_string();
-    let outcome = run(&mut tx, "MergeThings", "req-1", &request, async |tx| {
+    let outcome = run(&mut tx, "MergeThings", "req-1", &request, &[], async |tx| {
         create_thing(tx, &request, "merged").await
     })
     .await
@@ -245,7 +254,7 @@ async fn a_failed_work_stores_nothing_and_a_retry_runs_it_again() {
     let request = "ada".to_string();
 
     // The work fails on the database, which aborts the transaction.
-    let failed = run(&mut tx, METHOD, "req-1", &request, async |tx| {
+    let failed = run(&mut tx, METHOD, "req-1", &request, &[], async |tx| {
         sqlx::query("INSERT INTO no_such_table VALUES (1)")
             .execute(&mut *tx)
             .await?;
@@ -273,7 +282,7 @@ async fn a_failed_work_releases_its_claim_even_when_the_caller_commits() {
 
     // The work refuses the request without a database error: the transaction stays usable
     // and the caller commits it.
-    let failed = run(&mut tx, METHOD, "req-1", &request, async |_tx| {
+    let failed = run(&mut tx, METHOD, "req-1", &request, &[], async |_tx| {
         Err::<(String, ()), _>(ApiError::invalid("name", "is taken"))
     })
     .await;
@@ -297,7 +306,7 @@ async fn a_claim_whose_transaction_rolls_back_leaves_the_id_free() {
     let pool = service_schema().await;
     let mut abandoned = pool.begin().await.unwrap();
     let request = "ada".to_string();
-    let outcome = run(&mut abandoned, METHOD, "req-1", &request, async |tx| {
+    let outcome = run(&mut abandoned, METHOD, "req-1", &request, &[], async |tx| {
         create_thing(tx, &request, "ada created").await
     })
     .await
@@ -328,7 +337,7 @@ async fn a_call_racing_an_unfinished_one_waits_and_replays_its_response() {
         async move {
             let mut tx = pool.begin().await.unwrap();
             let request = "ada".to_string();
-            let outcome = run(&mut tx, METHOD, "req-1", &request, async |tx| {
+            let outcome = run(&mut tx, METHOD, "req-1", &request, &[], async |tx| {
                 let created = create_thing(tx, &request, "ada created").await;
                 (&mut finished).await.unwrap();
                 created
@@ -369,7 +378,7 @@ async fn many_identical_concurrent_calls_run_the_work_exactly_once() {
     let outcomes = within(futures::future::join_all((0..calls).map(|_| async {
         let mut tx = pool.begin().await?;
         let request = "ada".to_string();
-        let outcome = run(&mut tx, METHOD, "req-1", &request, async |tx| {
+        let outcome = run(&mut tx, METHOD, "req-1", &request, &[], async |tx| {
             runs.fetch_add(1, Ordering::SeqCst);
             // Long enough for the other calls to arrive while the claim is open.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -452,6 +461,102 @@ async fn purging_deletes_only_expired_request_ids() {
             .await
             .unwrap();
     assert_eq!(left, ["almost-expired", "fresh"]);
+}
+
+/// Forgets `subject` in a transaction of its own, as an erasure does; how many were forgotten.
+async fn forget(pool: &PgPool, subject: &Subject) -> u64 {
+    let mut tx = pool.begin().await.unwrap();
+    let forgotten = forget_subject(&mut tx, subject).await.unwrap();
+    tx.commit().await.unwrap();
+    forgotten
+}
+
+fn assert_subject_erased(err: ApiError) {
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let info = status.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, REQUEST_SUBJECT_ERASED);
+}
+
+#[tokio::test]
+async fn forgetting_a_subject_drops_its_stored_responses_and_hashes_and_keeps_the_others() {
+    let pool = service_schema().await;
+    call(&pool, "req-1", "ada", "ada created").await.unwrap();
+    call(&pool, "req-2", "ada", "ada created").await.unwrap();
+    call(&pool, "req-3", "grace", "grace created")
+        .await
+        .unwrap();
+
+    let forgotten = forget(&pool, &thing("ada")).await;
+
+    assert_eq!(forgotten, 2);
+    for id in ["req-1", "req-2"] {
+        assert_eq!(stored(&pool, id).await, [(Vec::new(), None)], "{id}");
+    }
+    assert_eq!(
+        stored(&pool, "req-3").await,
+        [(hash_of("grace"), Some(encoded("grace created")))]
+    );
+    assert_eq!(
+        forget(&pool, &thing("ada")).await,
+        0,
+        "nothing left to forget"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_of_a_forgotten_request_is_failed_precondition_and_does_not_run_the_work() {
+    let pool = service_schema().await;
+    call(&pool, "req-1", "ada", "ada created").await.unwrap();
+    forget(&pool, &thing("ada")).await;
+
+    let same = call(&pool, "req-1", "ada", "ada again").await.unwrap_err();
+    let different = call(&pool, "req-1", "grace", "grace").await.unwrap_err();
+
+    assert_subject_erased(same);
+    assert_subject_erased(different);
+    assert_eq!(things(&pool).await, ["ada"], "the work must not run again");
+}
+
+#[tokio::test]
+async fn a_response_about_several_subjects_is_forgotten_with_any_of_them() {
+    let pool = service_schema().await;
+    let mut tx = pool.begin().await.unwrap();
+    let request = "ada+grace".to_string();
+    let about = [thing("ada"), thing("grace")];
+    run(
+        &mut tx,
+        "MergeThings",
+        "req-1",
+        &request,
+        &about,
+        async |tx| create_thing(tx, &request, "merged").await,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(forget(&pool, &thing("grace")).await, 1);
+
+    assert_eq!(stored(&pool, "req-1").await, [(Vec::new(), None)]);
+}
+
+#[tokio::test]
+async fn a_forgotten_id_past_the_memory_window_counts_as_new() {
+    let pool = service_schema().await;
+    call(&pool, "req-1", "ada", "ada created").await.unwrap();
+    forget(&pool, &thing("ada")).await;
+    age(&pool, "req-1", one_minute_past_expiry()).await;
+
+    let outcome = call(&pool, "req-1", "grace", "grace created")
+        .await
+        .unwrap();
+
+    assert_eq!(outcome, ran("grace created"));
+    assert_eq!(
+        stored(&pool, "req-1").await,
+        [(hash_of("grace"), Some(encoded("grace created")))]
+    );
 }
 
 #[test]

@@ -1,16 +1,19 @@
 //! A server of any service modules, over real gRPC: health and reflection open without a
 //! token, tokens and scopes checked before a call reaches a service, request ids, load
-//! shedding and the shutdown drain. The service is a fixture (`fixture.rs`).
+//! shedding, deadlines and the shutdown drain. The service is a fixture (`fixture.rs`).
+
+use std::time::Duration;
 
 use crm_platform::server::{DrainCut, ServiceContext};
 use crm_platform::testing::{
-    TestApp, config, eventually, fresh_database, health_of, is_serving, redis_url, user_token,
-    within,
+    BearerAuth, TestApp, config, eventually, fresh_database, health_of, is_serving, redis_url,
+    user_token, within,
 };
 use crm_proto::google::longrunning as lro;
 use crm_proto::google::longrunning::operations_client::OperationsClient;
 use futures::StreamExt;
 use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
 use tonic_reflection::pb::v1 as reflection;
 
 use crate::fixture::{Fixture, MISSING, SCOPE, SERVICE};
@@ -19,6 +22,23 @@ const SERVING: i32 = 1;
 
 /// A client of the fixture with a token granting `scopes`, or none.
 type Operations = OperationsClient<crm_platform::testing::AuthorizedChannel>;
+
+/// HTTP/2 as hyper speaks it, with nothing of gRPC's on top.
+type PlainHttp2 = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    tonic::body::Body,
+>;
+
+/// A client of the fixture over plain HTTP/2. A tonic channel acts on the `grpc-timeout` it
+/// sends, answering CANCELLED itself when it runs out; this one reports what the server said.
+fn plain_client(app: &TestApp) -> OperationsClient<InterceptedService<PlainHttp2, BearerAuth>> {
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let origin = format!("http://{}", app.addr).parse().unwrap();
+    let auth = BearerAuth::new(user_token(&[SCOPE]));
+    OperationsClient::with_origin(InterceptedService::new(http, auth), origin)
+}
 
 /// Serves `fixture` over a fresh database with `extra` settings.
 async fn spawn(fixture: &Fixture, extra: &[(&str, &str)]) -> TestApp {
@@ -251,4 +271,40 @@ async fn shutdown_with_a_call_that_never_finishes_returns_after_the_grace_period
     // In a process that exits after `serve` the call dies with it; here the caller gives up.
     stuck.abort();
     assert!(within(stuck).await.unwrap_err().is_cancelled());
+}
+
+#[tokio::test]
+async fn a_call_outliving_the_callers_grpc_timeout_is_deadline_exceeded_not_cancelled() {
+    let fixture = Fixture::new();
+    let app = spawn(&fixture, &[]).await;
+    let mut client = plain_client(&app);
+
+    // Several calls: tonic's own timer for the same header, which says CANCELLED, used to win
+    // the race against the deadline layer's only some of the time.
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        let mut request = tonic::Request::new(wait("operations/held"));
+        request.set_timeout(Duration::from_millis(20));
+        let status = within(client.wait_operation(request)).await.unwrap_err();
+        codes.push(status.code());
+    }
+
+    assert_eq!(codes, [Code::DeadlineExceeded; 10]);
+    fixture.open();
+}
+
+#[tokio::test]
+async fn a_call_outliving_the_default_deadline_is_deadline_exceeded() {
+    let fixture = Fixture::new();
+    let app = spawn(&fixture, &[("CRM__SERVER__DEFAULT_TIMEOUT_MS", "200")]).await;
+
+    let status = client(&app)
+        .await
+        .wait_operation(wait("operations/held"))
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("200 ms"), "{status:?}");
+    fixture.open();
 }
