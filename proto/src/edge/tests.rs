@@ -311,3 +311,39 @@ fn every_request_type_has_a_plan() {
         assert!(plans.by_name(name).is_some(), "{name}");
     }
 }
+
+#[test]
+#[ignore = "a measurement, not a check: cargo test -p crm-proto --release -- --ignored --nocapture"]
+fn measure_the_walk() {
+    let get = pb::GetCustomerRequest {
+        id: "0190b5e2-7c4d-7a1e-9f3b-2d4c6e8a0b1c".into(),
+    }
+    .encode_to_vec();
+    let create = create(customer()).encode_to_vec();
+    let started = std::time::Instant::now();
+    let _ = plans();
+    println!("plans built in {:?}", started.elapsed());
+    for (name, bytes, check) in [
+        (
+            "GetCustomerRequest",
+            &get,
+            check_request::<pb::GetCustomerRequest> as fn(&[u8]) -> _,
+        ),
+        (
+            "CreateCustomerRequest",
+            &create,
+            check_request::<pb::CreateCustomerRequest>,
+        ),
+    ] {
+        let rounds = 1_000_000;
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            assert!(check(std::hint::black_box(bytes)).is_ok());
+        }
+        println!(
+            "{name} ({} bytes): {:?} per check",
+            bytes.len(),
+            started.elapsed() / rounds
+        );
+    }
+}
