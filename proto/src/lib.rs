@@ -35,6 +35,10 @@ pub mod inference {
     tonic::include_proto!("inference");
 }
 
+/// The codec every generated service uses: request caps checked at the edge.
+#[warn(clippy::all)]
+pub mod edge;
+
 /// Generated code, one module per proto package.
 pub mod crm {
     /// `crm.common.v1`: types shared by every service.

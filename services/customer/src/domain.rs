@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use crm_platform::FieldViolations;
+use crm_platform::error::quote;
 use crm_proto::crm::common::v1::PostalAddress;
 use crm_proto::crm::customer::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,9 @@ pub fn is_valid_e164(phone: &str) -> bool {
         && digits.chars().all(|c| c.is_ascii_digit())
         && !digits.starts_with('0')
 }
+
+/// Characters of an attribute key that a field path quotes; valid keys are at most 64.
+const MAX_KEY_IN_PATH: usize = 100;
 
 fn is_valid_attribute_key(key: &str) -> bool {
     (1..=64).contains(&key.len()) && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -173,7 +177,11 @@ impl Attributes {
             v.add(field, format!("at most {MAX_ATTRIBUTES} attributes"));
         }
         for (key, value) in attributes {
-            let path = format!("{field}.{key}");
+            // A key longer than any valid one is named by its prefix only: it may be huge.
+            let path = match key.char_indices().nth(MAX_KEY_IN_PATH) {
+                None => format!("{field}.{key}"),
+                Some((end, _)) => format!("{field}.{}…", &key[..end]),
+            };
             if !is_valid_attribute_key(key) {
                 v.add(&path, "keys must be 1..=64 characters of [A-Za-z0-9_]");
                 continue;
@@ -258,7 +266,7 @@ pub fn parse_id(field: &str, id: &str) -> Result<uuid::Uuid, FieldViolations> {
         return Err(FieldViolations::single(field, "is required"));
     }
     uuid::Uuid::parse_str(id)
-        .map_err(|_| FieldViolations::single(field, format!("{id:?} is not a UUID")))
+        .map_err(|_| FieldViolations::single(field, format!("{} is not a UUID", quote(id))))
 }
 
 #[cfg(test)]

@@ -18,6 +18,37 @@ pub const ERROR_DOMAIN: &str = "crm-suite";
 /// How long a caller should wait before retrying an UNAVAILABLE call.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Characters of a caller's input an error message may quote (see [`quote`]).
+pub const MAX_QUOTED_CHARS: usize = 64;
+/// Field violations a status carries; past it the message ends "and N more".
+pub const MAX_VIOLATIONS: usize = 20;
+/// Characters of a status message, and of each violation's field and description: a safety net
+/// so that no error, however it was built, sends a caller's megabyte back to it.
+pub const MAX_MESSAGE_CHARS: usize = 2_048;
+const MAX_VIOLATION_CHARS: usize = 256;
+
+/// `input` for an error message: Debug-quoted, cut to its first [`MAX_QUOTED_CHARS`] characters
+/// with "…" after the closing quote when it was longer. Use it wherever a message names what the
+/// caller sent.
+pub fn quote(input: &str) -> String {
+    match input.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => format!("{input:?}"),
+        Some((end, _)) => format!("{:?}…", &input[..end]),
+    }
+}
+
+/// `text` cut to at most `max` characters, "…" marking the cut.
+fn capped(text: &str, max: usize) -> String {
+    if text.char_indices().nth(max).is_none() {
+        return text.to_string();
+    }
+    let end = text
+        .char_indices()
+        .nth(max.saturating_sub(1))
+        .map_or(text.len(), |(i, _)| i);
+    format!("{}…", &text[..end])
+}
+
 /// Field violations collected while validating a request. A request with any is rejected
 /// whole, with every violation listed, so a caller can fix all of them at once.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -51,6 +82,11 @@ impl FieldViolations {
         let mut violations = Self::new();
         violations.add(field, description);
         violations
+    }
+
+    /// How many were recorded.
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// Whether nothing was recorded.
@@ -261,28 +297,44 @@ impl From<ApiError> for Status {
         match err {
             ApiError::InvalidArgument(violations) => {
                 let mut details = ErrorDetails::new();
-                for v in violations.iter() {
-                    details.add_bad_request_violation(&v.field, &v.description);
+                let mut message = String::from("invalid argument: ");
+                for (i, v) in violations.iter().take(MAX_VIOLATIONS).enumerate() {
+                    let field = capped(&v.field, MAX_VIOLATION_CHARS);
+                    let description = capped(&v.description, MAX_VIOLATION_CHARS);
+                    if i > 0 {
+                        message.push_str("; ");
+                    }
+                    message.push_str(&format!("{field}: {description}"));
+                    details.add_bad_request_violation(field, description);
                 }
-                Status::with_error_details(code, format!("invalid argument: {violations}"), details)
+                let more = violations.len().saturating_sub(MAX_VIOLATIONS);
+                let mut message = capped(&message, MAX_MESSAGE_CHARS - 32);
+                if more > 0 {
+                    message.push_str(&format!("; and {more} more"));
+                }
+                Status::with_error_details(code, message, details)
             }
             ApiError::NotFound { resource, id } => Status::with_error_details(
                 code,
-                format!("{resource} {id} not found"),
+                format!("{resource} {} not found", quote(&id)),
                 error_info(
                     &format!("{}_NOT_FOUND", resource.to_uppercase()),
-                    HashMap::from([("id".to_string(), id)]),
+                    HashMap::from([("id".to_string(), capped(&id, MAX_VIOLATION_CHARS))]),
                 ),
             ),
             ApiError::AlreadyExists { reason, message }
             | ApiError::Aborted { reason, message }
             | ApiError::FailedPrecondition { reason, message }
-            | ApiError::OutOfRange { reason, message } => {
-                Status::with_error_details(code, message, error_info(reason, HashMap::new()))
-            }
+            | ApiError::OutOfRange { reason, message } => Status::with_error_details(
+                code,
+                capped(&message, MAX_MESSAGE_CHARS),
+                error_info(reason, HashMap::new()),
+            ),
             ApiError::Unimplemented { message }
             | ApiError::Unauthenticated { message }
-            | ApiError::PermissionDenied { message } => Status::new(code, message),
+            | ApiError::PermissionDenied { message } => {
+                Status::new(code, capped(&message, MAX_MESSAGE_CHARS))
+            }
             ApiError::Unavailable(cause) => {
                 tracing::warn!(
                     error = format!("{cause:#}"),
@@ -482,6 +534,51 @@ mod tests {
         assert_eq!(rpc.code, Code::Internal as i32);
         assert_eq!(rpc.message, "internal error; it has been logged");
         assert!(rpc.details.is_empty());
+    }
+
+    #[test]
+    fn a_quote_keeps_a_short_prefix_of_long_input() {
+        assert_eq!(quote("abc"), "\"abc\"");
+        let long = "é".repeat(1_000_000);
+
+        let quoted = quote(&long);
+
+        assert_eq!(quoted, format!("{:?}…", "é".repeat(MAX_QUOTED_CHARS)));
+    }
+
+    #[test]
+    fn violations_past_the_cap_are_counted_not_listed() {
+        let mut violations = FieldViolations::new();
+        for i in 0..100_000 {
+            violations.add(format!("ids[{i}]"), "x".repeat(10_000));
+        }
+
+        let status = Status::from(ApiError::InvalidArgument(violations));
+
+        let listed = status.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(listed.len(), MAX_VIOLATIONS);
+        assert!(listed.iter().all(|v| v.description.chars().count() <= 256));
+        assert!(status.message().chars().count() <= MAX_MESSAGE_CHARS);
+        assert!(
+            status.message().ends_with("; and 99980 more"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.details().len() < 16 * 1024,
+            "{}",
+            status.details().len()
+        );
+    }
+
+    #[test]
+    fn a_huge_id_is_quoted_by_its_prefix_only() {
+        let id = "x".repeat(1_000_000);
+
+        let status = Status::from(ApiError::not_found("customer", id));
+
+        assert!(status.message().len() < 200, "{}", status.message().len());
+        assert!(status.details().len() < 1_024, "{}", status.details().len());
     }
 
     #[test]

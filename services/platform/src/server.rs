@@ -113,6 +113,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let policy = auth_policy(config, &modules)?;
+    // The request plans of the edge codec are built once; here, so no first call pays for it.
+    crm_proto::edge::prepare();
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)

@@ -2,6 +2,7 @@
 //! before the stored customer is read and applied once it is locked.
 
 use crm_platform::FieldViolations;
+use crm_platform::error::quote;
 use crm_proto::crm::customer::v1 as pb;
 
 use super::{Attributes, CustomerFields, MAX_ATTRIBUTES, is_valid_attribute_key};
@@ -54,7 +55,7 @@ pub fn validate_mask(paths: &[String]) -> Result<(), FieldViolations> {
         } else if OUTPUT_ONLY_PATHS.contains(&root) {
             v.add(
                 field,
-                format!("{path:?} is set by the server and cannot be updated"),
+                format!("{} is set by the server and cannot be updated", quote(path)),
             );
         } else if !UPDATABLE_PATHS.contains(&path.as_str())
             && !path
@@ -64,7 +65,8 @@ pub fn validate_mask(paths: &[String]) -> Result<(), FieldViolations> {
             v.add(
                 field,
                 format!(
-                    "{path:?} is not updatable; use one of {} or attributes.<key>",
+                    "{} is not updatable; use one of {} or attributes.<key>",
+                    quote(path),
                     UPDATABLE_PATHS.join(", ")
                 ),
             );

@@ -8,6 +8,7 @@ mod concurrency;
 mod consents;
 mod consumer;
 mod customers;
+mod edge;
 mod feed;
 mod feed_migration;
 mod gdpr;
