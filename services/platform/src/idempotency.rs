@@ -17,6 +17,12 @@
 //! }
 //! ```
 //!
+//! A bulk RPC whose rows each stand for one request of a method (ImportCustomers rows are
+//! CreateCustomer requests) claims its rows' ids together with [`claim_batch`], then stores
+//! the responses with [`store_batch`] (or releases failed rows with [`release_batch`]) in the
+//! same transaction: the same table, key and request hash as [`run`], so a row and a single
+//! call with the same id and the same request replay each other.
+//!
 //! The request ids live in the `request_ids` table of the service's own schema, a platform
 //! migration (`migrations/1000001_request_ids.sql`) that [`crate::db::Database::migrate`]
 //! applies in every service's schema; the service's pool sets `search_path` to that schema, so
@@ -184,10 +190,7 @@ async fn claim(
     .fetch_one(&mut *conn)
     .await?;
     if stored_hash != hash {
-        return Err(ApiError::AlreadyExists {
-            reason: "REQUEST_ID_REUSED",
-            message: format!("request_id {request_id:?} was already used with a different request"),
-        });
+        return Err(reused(method, request_id));
     }
     match response {
         Some(bytes) => Ok(Claim::Replay(bytes)),
@@ -196,6 +199,159 @@ async fn claim(
             "request id {request_id} claimed without a response"
         ))),
     }
+}
+
+/// The error of a request id reused for a different request. It names the method whose ids it
+/// shares, since a caller may have used the id through another RPC standing for that method
+/// (an ImportCustomers row is a CreateCustomer).
+fn reused(method: &str, request_id: &str) -> ApiError {
+    ApiError::AlreadyExists {
+        reason: "REQUEST_ID_REUSED",
+        message: format!(
+            "request_id {request_id:?} was already used for a different {method} request; \
+             an id stands for one request (the same content), so send a new id for a new one"
+        ),
+    }
+}
+
+/// What [`claim_batch`] found for one request of a batch.
+#[derive(Debug)]
+pub enum BatchClaim<R> {
+    /// First use, now claimed in the caller's transaction: do the work, then store its
+    /// response with [`store_batch`] (or give the claim up with [`release_batch`]).
+    New,
+    /// An earlier call with this id and the same request committed this response.
+    Replayed(R),
+    /// The id was used for a different request: `ALREADY_EXISTS` with reason
+    /// `REQUEST_ID_REUSED`, as [`run`] answers.
+    Reused(ApiError),
+}
+
+/// Claims many request ids of `method` at once in the caller's transaction: the batch form of
+/// [`run`]'s claim, for a bulk RPC whose rows each stand for one `method` request (so a row
+/// and a single call with the same id and the same request answer alike). One claim per
+/// `(request_id, request)`, in that order; ids must be non-empty and distinct within the
+/// batch. A concurrent claim of the same id waits on the other transaction, as in [`run`].
+pub async fn claim_batch<Req, Resp>(
+    conn: &mut PgConnection,
+    method: &str,
+    requests: &[(&str, &Req)],
+) -> Result<Vec<BatchClaim<Resp>>, ApiError>
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+{
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = requests.iter().map(|(id, _)| *id).collect();
+    let hashes: Vec<Vec<u8>> = requests
+        .iter()
+        .map(|(_, request)| request_hash(&request.encode_to_vec()))
+        .collect();
+    // Claimed in id order, so two batches sharing ids wait on each other instead of deadlocking.
+    let claimed: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO request_ids (method, request_id, request_hash) \
+         SELECT $1, r.id, r.hash FROM UNNEST($2::text[], $3::bytea[]) AS r(id, hash) \
+         ORDER BY r.id \
+         ON CONFLICT (method, request_id) DO UPDATE \
+           SET request_hash = EXCLUDED.request_hash, response = NULL, create_time = now() \
+           WHERE request_ids.create_time < now() - make_interval(secs => $4) \
+         RETURNING request_id",
+    )
+    .bind(method)
+    .bind(&ids)
+    .bind(&hashes)
+    .bind(REMEMBER_FOR.as_secs_f64())
+    .fetch_all(&mut *conn)
+    .await?;
+    let claimed: std::collections::HashSet<String> = claimed.into_iter().collect();
+    let seen: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| !claimed.contains(*id))
+        .collect();
+    let mut stored: std::collections::HashMap<String, (Vec<u8>, Option<Vec<u8>>)> =
+        std::collections::HashMap::new();
+    if !seen.is_empty() {
+        let rows: Vec<(String, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT request_id, request_hash, response FROM request_ids \
+             WHERE method = $1 AND request_id = ANY($2)",
+        )
+        .bind(method)
+        .bind(&seen)
+        .fetch_all(&mut *conn)
+        .await?;
+        stored = rows
+            .into_iter()
+            .map(|(id, hash, response)| (id, (hash, response)))
+            .collect();
+    }
+    let mut claims = Vec::with_capacity(requests.len());
+    for (id, hash) in ids.iter().zip(&hashes) {
+        if claimed.contains(*id) {
+            claims.push(BatchClaim::New);
+            continue;
+        }
+        let claim = match stored.get(*id) {
+            Some((stored_hash, _)) if stored_hash != hash => BatchClaim::Reused(reused(method, id)),
+            Some((_, Some(bytes))) => {
+                BatchClaim::Replayed(Resp::decode(bytes.as_slice()).map_err(|e| {
+                    ApiError::Internal(anyhow::anyhow!("stored response of {method} {id}: {e}"))
+                })?)
+            }
+            // A claim is committed only together with its response, so this means a bug.
+            _ => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "request id {id} of {method} neither claimed nor stored"
+                )));
+            }
+        };
+        claims.push(claim);
+    }
+    Ok(claims)
+}
+
+/// Stores the responses of request ids claimed by [`claim_batch`], in the same transaction as
+/// the work.
+pub async fn store_batch<Resp: prost::Message>(
+    conn: &mut PgConnection,
+    method: &str,
+    responses: &[(&str, &Resp)],
+) -> Result<(), ApiError> {
+    if responses.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = responses.iter().map(|(id, _)| *id).collect();
+    let bytes: Vec<Vec<u8>> = responses.iter().map(|(_, r)| r.encode_to_vec()).collect();
+    sqlx::query(
+        "UPDATE request_ids AS r SET response = d.response \
+         FROM UNNEST($2::text[], $3::bytea[]) AS d(id, response) \
+         WHERE r.method = $1 AND r.request_id = d.id",
+    )
+    .bind(method)
+    .bind(&ids)
+    .bind(&bytes)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Gives up claims made by [`claim_batch`] whose work failed, so a retry runs it again.
+pub async fn release_batch(
+    conn: &mut PgConnection,
+    method: &str,
+    request_ids: &[&str],
+) -> Result<(), ApiError> {
+    if request_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM request_ids WHERE method = $1 AND request_id = ANY($2)")
+        .bind(method)
+        .bind(request_ids)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Stores the response of a claimed request id, in the same transaction as the work.
