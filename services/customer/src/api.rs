@@ -56,6 +56,8 @@ pub struct CustomerApi {
     page_tokens: PageTokenCodec,
     feed: Feed,
     operations: OperationStore,
+    /// Import batches writing at once (see `bulk.rs`).
+    import_writers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The service's long-running operations and their handlers.
@@ -123,12 +125,14 @@ impl CustomerApi {
         feed: Feed,
         operations: OperationStore,
     ) -> Self {
+        let import_writers = bulk::import_writers(&db);
         Self {
             db,
             cache,
             page_tokens,
             feed,
             operations,
+            import_writers,
         }
     }
 

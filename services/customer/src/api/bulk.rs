@@ -1,6 +1,7 @@
 //! ImportCustomers and ExportCustomers: customers in bulk, as streams.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::Utc;
 use crm_platform::error::rpc_status;
@@ -15,7 +16,7 @@ use crm_proto::crm::customer::v1::import_customers_response::Kind;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::{Acquire, PgConnection, PgPool};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 use uuid::Uuid;
@@ -38,6 +39,15 @@ const IMPORT_BATCH: usize = 500;
 /// buffers (which h2 bounds by a budget, closing the connection past it); once this many wait,
 /// it stops reading and HTTP/2 flow control holds the sender back.
 const READ_AHEAD: usize = 2 * IMPORT_BATCH;
+
+/// The import batches that may write at once: half the pool. A batch waits for one of these
+/// (for as long as it takes: an import is a long stream, and this is its backpressure) before
+/// it takes a pooled connection, so any number of imports leave the other half of the pool to
+/// the other calls, and imports never time out waiting for each other's connections.
+pub(super) fn import_writers(db: &PgPool) -> Arc<Semaphore> {
+    let pool_size = db.options().get_max_connections() as usize;
+    Arc::new(Semaphore::new(pool_size.div_ceil(2)))
+}
 
 /// The method whose request ids import rows share: a row is a CreateCustomer.
 const CREATE_METHOD: &str = "CreateCustomer";
@@ -387,6 +397,9 @@ impl CustomerApi {
     /// CreateCustomer does; what happened to each row, in order. Request ids must be distinct
     /// within `rows`.
     async fn write_rows(&self, rows: &[&ValidRow], actor: &Principal) -> Result<Vec<Written>> {
+        let _writer = self.import_writers.acquire().await.map_err(|_| {
+            ApiError::Internal(anyhow::anyhow!("the import writers' semaphore is closed"))
+        })?;
         let mut tx = self.begin().await?;
         let mut written: Vec<Option<Written>> = rows.iter().map(|_| None).collect();
 
