@@ -1,8 +1,8 @@
 //! ImportCustomers and ExportCustomers, the streaming bulk RPCs.
 
 use crate::common::{
-    Client, Outage, ada, assert_error, assert_invalid, config, fresh_database, postgres_addr,
-    redis_url, spawn_app, spawn_with, via, within,
+    Client, Outage, ada, assert_error, assert_invalid, config, eventually, fresh_database,
+    postgres_addr, redis_url, spawn_app, spawn_with, via, within,
 };
 use crm_proto::crm::common::v1::ItemResult;
 use crm_proto::crm::customer::v1 as pb;
@@ -415,6 +415,66 @@ async fn five_thousand_rows_sent_frame_by_frame_as_fast_as_possible_are_each_ans
         5000,
         "one change event per customer"
     );
+}
+
+/// Flow control, not a cut: while the database holds the import's first batch, a sender
+/// writing one small frame per row is held back by HTTP/2 flow control after the server's
+/// read-ahead and one stream window of rows (with hyper's default 1 MiB window it could queue
+/// ~11,000 such rows and h2 would close the connection with GOAWAY `too_many_data_frames`);
+/// once the database lets go, every row is answered.
+#[tokio::test]
+async fn a_sender_outpacing_a_stalled_import_is_held_back_by_flow_control_then_answered() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let pool = app.pool().await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE customer.customers IN SHARE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let pulled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = futures::stream::iter(rows(8_000, None)).then({
+        let pulled = pulled.clone();
+        move |row| {
+            let pulled = pulled.clone();
+            async move {
+                tokio::task::yield_now().await;
+                pulled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                row
+            }
+        }
+    });
+    let mut inner = client.inner.clone();
+    let request = client.request(counted);
+    let import = tokio::spawn(async move {
+        let answers = inner.import_customers(request).await?.into_inner();
+        answers
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+    });
+
+    // The sender fills the read-ahead (1,000 rows) and a 64 KiB window of ~95-byte rows
+    // (~690), then stops: the count no longer moves between two looks.
+    let mut last = 0;
+    eventually("the sender is held back", || {
+        let now = pulled.load(std::sync::atomic::Ordering::SeqCst);
+        let settled = now >= 1_500 && now == last;
+        last = now;
+        async move { settled }
+    })
+    .await;
+    let held_at = pulled.load(std::sync::atomic::Ordering::SeqCst);
+    lock.rollback().await.unwrap();
+    let answers = within(import).await.unwrap().expect("the import completes");
+
+    assert!(
+        held_at < 3_000,
+        "the sender was not held back: {held_at} rows sent"
+    );
+    assert_eq!(answers.len(), 8_001, "a result per row, then the summary");
+    assert_eq!(count_customers(&pool).await, 8_000);
 }
 
 #[tokio::test]
