@@ -7,6 +7,7 @@
 # Knobs (environment, all optional):
 #   CRM_BENCH_IMPORT_ROWS  rows to import, then to COPY                (50000)
 #   CRM_BENCH_SKIP_BUILD   1 = use the existing release binary of $CARGO_TARGET_DIR (or target/)
+#   CRM_BENCH_CRM_BIN      a crm binary to use instead (implies no build; the report names it)
 #
 # Exits non-zero when the import does not answer every row OK, or the table does not hold
 # every row afterwards, so the figures are never figures of errors.
@@ -24,7 +25,7 @@ ADDR=127.0.0.1:50073
 SERVICE=crm.customer.v1.CustomerService
 WORK="$CRM_LOCAL/bench-import"   # bodies, responses, logs (git-ignored .local/)
 RESULTS_DIR="$BENCH_DIR/results"
-CRM_BIN="$(crm_target_dir)/release/crm"
+CRM_BIN="${CRM_BENCH_CRM_BIN:-$(crm_target_dir)/release/crm}"
 # The CSV's columns, in the order bench/import_rows.py writes them.
 COPY_COLUMNS="id, display_name, given_name, family_name, email, phone, company_name, source, tags, created_by_kind, created_by, updated_by_kind, updated_by"
 
@@ -45,7 +46,7 @@ ensure_redis
 ensure_grpcurl
 port_open 127.0.0.1 "${ADDR##*:}" && die "port ${ADDR##*:} is already in use (a server left over from an earlier run?); stop it first"
 
-if [[ "${CRM_BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+if [[ "${CRM_BENCH_SKIP_BUILD:-0}" != 1 && -z "${CRM_BENCH_CRM_BIN:-}" ]]; then
   log "building the release binaries (cargo build --release --locked -p crm --bins)"
   cargo build --release --locked -p crm --bins
 fi
@@ -53,6 +54,7 @@ fi
 
 rm -rf "$WORK"
 mkdir -p "$WORK" "$RESULTS_DIR"
+LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 
 log "PostgreSQL: recreating database $DB_NAME"
 psql -X -q -d "$PG_BASE_URL" -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" >/dev/null
@@ -130,7 +132,7 @@ TARGET=5000
 RESULT="$( ((IMPORT_RATE >= TARGET)) && echo PASS || echo MISS)"
 
 cat >"$RESULTS_DIR/import.json" <<JSON
-{"date": "$DATE", "commit": "$COMMIT", "cores": $CORES, "rows": $ROWS, "body_bytes": $BODY_BYTES,
+{"date": "$DATE", "commit": "$COMMIT", "binary": "$CRM_BIN", "cores": $CORES, "load_average_at_start": "$LOADAVG_START", "rows": $ROWS, "body_bytes": $BODY_BYTES,
  "import": {"seconds": $IMPORT_S, "rows_per_s": $IMPORT_RATE, "answers": $CHECK},
  "copy": {"seconds": $COPY_S, "rows_per_s": $COPY_RATE},
  "import_vs_copy_pct": $RATIO, "target_rows_per_s": $TARGET, "result": "$RESULT",
@@ -139,7 +141,7 @@ JSON
 cat >"$RESULTS_DIR/import.md" <<MD
 # ImportCustomers beside COPY
 
-Run $DATE on commit \`$COMMIT\` — $CORES cores, $ROWS rows ($BODY_BYTES bytes of gRPC body, ~$((BODY_BYTES / ROWS)) bytes a row), a fresh database, one server (\`crm serve customer\`, Redis on, in-process tier off), client and server on this machine.
+Run $DATE on commit \`$COMMIT\` with \`${CRM_BIN#"$ROOT"/}\` — $CORES cores (load average at start: $LOADAVG_START), $ROWS rows ($BODY_BYTES bytes of gRPC body, ~$((BODY_BYTES / ROWS)) bytes a row), a fresh database, one server (\`crm serve customer\`, Redis on, in-process tier off), client and server on this machine.
 
 | how | rows | seconds | rows/s |
 |---|---:|---:|---:|
