@@ -58,6 +58,8 @@ pub struct CustomerApi {
     feed: Feed,
     operations: OperationStore,
     vacuum: Vacuum,
+    /// Import batches writing at once (see `bulk.rs`).
+    import_writers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The service's long-running operations and their handlers.
@@ -127,6 +129,7 @@ impl CustomerApi {
         operations: OperationStore,
         vacuum: Vacuum,
     ) -> Self {
+        let import_writers = bulk::import_writers(&db);
         Self {
             db,
             cache,
@@ -134,6 +137,7 @@ impl CustomerApi {
             feed,
             operations,
             vacuum,
+            import_writers,
         }
     }
 

@@ -19,12 +19,14 @@ use crate::error::Result;
 use crate::feed::RESOURCE_TYPE;
 
 mod history;
+mod imports;
 mod interactions;
 mod lists;
 mod merges;
 mod scan;
 
 pub use history::{FieldChangeRow, field_changes, insert_field_changes};
+pub use imports::insert_new;
 pub use interactions::{INTERACTION_COLUMNS, InteractionRow, all_interactions, insert_interaction};
 pub use lists::{
     CONSENT_HISTORY, CUSTOMER_FILTER, CUSTOMERS, FIELD_CHANGES, INTERACTIONS, MERGE_RECORDS,

@@ -18,6 +18,7 @@
 //! ```ignore
 //! let feed = Feed::start(&database, &ctx.shutdown);            // in module()
 //! feed::append(&mut tx, SCHEMA, &change).await?;               // in each write, last
+//! feed::append_all(&mut tx, SCHEMA, &changes).await?;          // or all of a bulk write's
 //! tx.commit().await?;
 //! feed.committed();
 //! let events = feed.watch(RESOURCE_TYPE, WatchRequest { .. }).await?;   // the Watch RPC
@@ -132,6 +133,38 @@ pub async fn append(
     .bind(change.snapshot.as_deref())
     .fetch_one(tx)
     .await
+}
+
+/// [`append`] for many changes of one transaction in one statement (a bulk write), in the
+/// order given; returns their sequence numbers in that order.
+pub async fn append_all(
+    tx: &mut PgConnection,
+    schema: &str,
+    changes: &[NewChange<'_>],
+) -> Result<Vec<i64>, sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = sqlx::QueryBuilder::new(format!(
+        "INSERT INTO {schema}.change_events (resource_type, resource_id, change_type, version, \
+           changed_paths, merged_into_id, actor_kind, actor_id, snapshot) "
+    ));
+    query.push_values(changes, |mut row, change| {
+        row.push_bind(change.resource_type)
+            .push_bind(&change.resource_id)
+            .push_bind(change.change_type.as_str_name())
+            .push_bind(change.version)
+            .push_bind(change.changed_paths)
+            .push_bind(change.merged_into_id.as_deref())
+            .push_bind(kind_name(change.actor.kind))
+            .push_bind(&change.actor.id)
+            .push_bind(change.snapshot.as_deref());
+    });
+    // Sequence numbers are taken in the VALUES order; sorted, they match `changes`.
+    query.push(" RETURNING seq");
+    let mut seqs: Vec<i64> = query.build_query_scalar().fetch_all(tx).await?;
+    seqs.sort_unstable();
+    Ok(seqs)
 }
 
 /// Drops the snapshots of every event of one resource (GDPR erasure): the events stay, as

@@ -18,6 +18,12 @@
 //! }
 //! ```
 //!
+//! A bulk RPC whose rows each stand for one request of a method (ImportCustomers rows are
+//! CreateCustomer requests) claims its rows' ids together with [`claim_batch`], then stores
+//! the responses with [`store_batch`] (or releases failed rows with [`release_batch`]) in the
+//! same transaction: the same table, key and request hash as [`run`], so a row and a single
+//! call with the same id and the same request replay each other.
+//!
 //! The request ids live in the `request_ids` table of the service's own schema, a platform
 //! migration (`migrations/1000001_request_ids.sql`) that [`crate::db::Database::migrate`]
 //! applies in every service's schema; the service's pool sets `search_path` to that schema, so
@@ -241,10 +247,7 @@ async fn claim(
         return Err(subject_erased(request_id));
     }
     if stored_hash != hash {
-        return Err(ApiError::AlreadyExists {
-            reason: "REQUEST_ID_REUSED",
-            message: format!("request_id {request_id:?} was already used with a different request"),
-        });
+        return Err(reused(method, request_id));
     }
     match response {
         Some(bytes) => Ok(Claim::Replay(bytes)),
@@ -253,6 +256,171 @@ async fn claim(
             "request id {request_id} claimed without a response"
         ))),
     }
+}
+
+/// The error of a request id reused for a different request. It names the method whose ids it
+/// shares, since a caller may have used the id through another RPC standing for that method
+/// (an ImportCustomers row is a CreateCustomer).
+fn reused(method: &str, request_id: &str) -> ApiError {
+    ApiError::AlreadyExists {
+        reason: "REQUEST_ID_REUSED",
+        message: format!(
+            "request_id {request_id:?} was already used for a different {method} request; \
+             an id stands for one request (the same content), so send a new id for a new one"
+        ),
+    }
+}
+
+/// What [`claim_batch`] found for one request of a batch.
+#[derive(Debug)]
+pub enum BatchClaim<R> {
+    /// First use, now claimed in the caller's transaction: do the work, then store its
+    /// response with [`store_batch`] (or give the claim up with [`release_batch`]).
+    New,
+    /// An earlier call with this id and the same request committed this response.
+    Replayed(R),
+    /// The id cannot be used, answered as [`run`] answers: it was used for a different request
+    /// (`ALREADY_EXISTS`, `REQUEST_ID_REUSED`), or its response was forgotten because its
+    /// subject was erased (`FAILED_PRECONDITION`, [`REQUEST_SUBJECT_ERASED`]).
+    Refused(ApiError),
+}
+
+/// Claims many request ids of `method` at once in the caller's transaction: the batch form of
+/// [`run`]'s claim, for a bulk RPC whose rows each stand for one `method` request (so a row
+/// and a single call with the same id and the same request answer alike). One claim per
+/// `(request_id, request)`, in that order; ids must be non-empty and distinct within the
+/// batch. A concurrent claim of the same id waits on the other transaction, as in [`run`].
+pub async fn claim_batch<Req, Resp>(
+    conn: &mut PgConnection,
+    method: &str,
+    requests: &[(&str, &Req)],
+) -> Result<Vec<BatchClaim<Resp>>, ApiError>
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+{
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = requests.iter().map(|(id, _)| *id).collect();
+    let hashes: Vec<Vec<u8>> = requests
+        .iter()
+        .map(|(_, request)| request_hash(&request.encode_to_vec()))
+        .collect();
+    // Claimed in id order, so two batches sharing ids wait on each other instead of deadlocking.
+    let claimed: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO request_ids (method, request_id, request_hash) \
+         SELECT $1, r.id, r.hash FROM UNNEST($2::text[], $3::bytea[]) AS r(id, hash) \
+         ORDER BY r.id \
+         ON CONFLICT (method, request_id) DO UPDATE \
+           SET request_hash = EXCLUDED.request_hash, subjects = '{}', response = NULL, \
+               forget_time = NULL, create_time = now() \
+           WHERE request_ids.create_time < now() - make_interval(secs => $4) \
+         RETURNING request_id",
+    )
+    .bind(method)
+    .bind(&ids)
+    .bind(&hashes)
+    .bind(REMEMBER_FOR.as_secs_f64())
+    .fetch_all(&mut *conn)
+    .await?;
+    let claimed: std::collections::HashSet<String> = claimed.into_iter().collect();
+    let seen: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| !claimed.contains(*id))
+        .collect();
+    let mut stored: std::collections::HashMap<String, (Vec<u8>, Option<Vec<u8>>, bool)> =
+        std::collections::HashMap::new();
+    if !seen.is_empty() {
+        let rows: Vec<(String, Vec<u8>, Option<Vec<u8>>, bool)> = sqlx::query_as(
+            "SELECT request_id, request_hash, response, forget_time IS NOT NULL FROM request_ids \
+             WHERE method = $1 AND request_id = ANY($2)",
+        )
+        .bind(method)
+        .bind(&seen)
+        .fetch_all(&mut *conn)
+        .await?;
+        stored = rows
+            .into_iter()
+            .map(|(id, hash, response, forgotten)| (id, (hash, response, forgotten)))
+            .collect();
+    }
+    let mut claims = Vec::with_capacity(requests.len());
+    for (id, hash) in ids.iter().zip(&hashes) {
+        if claimed.contains(*id) {
+            claims.push(BatchClaim::New);
+            continue;
+        }
+        let claim = match stored.get(*id) {
+            // As in `claim`: checked before the hash, which the erasure dropped.
+            Some((_, _, true)) => BatchClaim::Refused(subject_erased(id)),
+            Some((stored_hash, _, _)) if stored_hash != hash => {
+                BatchClaim::Refused(reused(method, id))
+            }
+            Some((_, Some(bytes), _)) => {
+                BatchClaim::Replayed(Resp::decode(bytes.as_slice()).map_err(|e| {
+                    ApiError::Internal(anyhow::anyhow!("stored response of {method} {id}: {e}"))
+                })?)
+            }
+            // A claim is committed only together with its response, so this means a bug.
+            _ => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "request id {id} of {method} neither claimed nor stored"
+                )));
+            }
+        };
+        claims.push(claim);
+    }
+    Ok(claims)
+}
+
+/// Stores the responses of request ids claimed by [`claim_batch`], in the same transaction as
+/// the work, each with the one subject its response is about (so that erasing the subject
+/// forgets it, as with [`run`]'s `about`).
+pub async fn store_batch<Resp: prost::Message>(
+    conn: &mut PgConnection,
+    method: &str,
+    responses: &[(&str, &Resp, &Subject)],
+) -> Result<(), ApiError> {
+    if responses.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = responses.iter().map(|(id, _, _)| *id).collect();
+    let bytes: Vec<Vec<u8>> = responses
+        .iter()
+        .map(|(_, r, _)| r.encode_to_vec())
+        .collect();
+    let subjects: Vec<&str> = responses.iter().map(|(_, _, s)| s.as_str()).collect();
+    sqlx::query(
+        "UPDATE request_ids AS r SET response = d.response, subjects = ARRAY[d.subject] \
+         FROM UNNEST($2::text[], $3::bytea[], $4::text[]) AS d(id, response, subject) \
+         WHERE r.method = $1 AND r.request_id = d.id",
+    )
+    .bind(method)
+    .bind(&ids)
+    .bind(&bytes)
+    .bind(&subjects)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Gives up claims made by [`claim_batch`] whose work failed, so a retry runs it again.
+pub async fn release_batch(
+    conn: &mut PgConnection,
+    method: &str,
+    request_ids: &[&str],
+) -> Result<(), ApiError> {
+    if request_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM request_ids WHERE method = $1 AND request_id = ANY($2)")
+        .bind(method)
+        .bind(request_ids)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Stores the response of a claimed request id, in the same transaction as the work.

@@ -244,12 +244,29 @@ fn add_reflection(routes: &mut RoutesBuilder, services: &[&'static str]) -> anyh
     Ok(())
 }
 
-/// The HTTP/2 server: keepalives, and a bounded connection age (when configured) so that
-/// clients re-resolve and new pods receive load.
+/// HTTP/2 flow-control window of each stream a caller sends on: the most a client stream
+/// (ImportCustomers) may have sent that the handler has not read yet.
+///
+/// h2 charges every received DATA frame under 256 bytes (a typical streamed row) up to 256
+/// bytes against a per-connection budget until the handler reads it, and ends the connection
+/// with GOAWAY `too_many_data_frames` when the budget (half the connection window) runs out.
+/// hyper's default stream window (1 MiB) lets a fast sender queue ~7,000 rows of 150 bytes,
+/// ~0.7 MiB of charges, past a 1 MiB connection window's budget. The spec's 64 KiB queues at
+/// most ~440 such rows (~45 KiB of charges), so the sender waits on flow control instead.
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// HTTP/2 flow-control window of a whole connection: also sizes h2's small-frame budget (half
+/// of it, 2 MiB), room for ~45 streams each holding a full window of 150-byte rows.
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// The HTTP/2 server: keepalives, flow-control windows, and a bounded connection age (when
+/// configured) so that clients re-resolve and new pods receive load.
 fn server_builder(config: &Config) -> Server {
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true);
     if config.server.max_connection_age_secs > 0 {
         builder = builder

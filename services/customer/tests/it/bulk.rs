@@ -1,8 +1,8 @@
 //! ImportCustomers and ExportCustomers, the streaming bulk RPCs.
 
 use crate::common::{
-    Client, Outage, ada, assert_invalid, config, fresh_database, postgres_addr, redis_url,
-    spawn_app, spawn_with, via, within,
+    Client, Outage, ada, assert_error, assert_invalid, config, eventually, fresh_database,
+    postgres_addr, redis_url, spawn_app, spawn_with, via, within,
 };
 use crm_proto::crm::common::v1::ItemResult;
 use crm_proto::crm::customer::v1 as pb;
@@ -334,6 +334,396 @@ async fn a_database_outage_ends_the_import_with_unavailable_and_rows_answered_be
             .await
             .unwrap();
     assert_eq!(stored, [(answered.id, before.email)]);
+}
+
+/// Rows `0..n` with unique emails, refs `"{i}"` and, when `ids` names a prefix, request ids
+/// `"{ids}-{i}"`.
+fn rows(n: usize, ids: Option<&str>) -> Vec<pb::ImportCustomersRequest> {
+    (0..n)
+        .map(|i| {
+            let request_id = ids
+                .map(|prefix| format!("{prefix}-{i}"))
+                .unwrap_or_default();
+            row(&i.to_string(), ada(), &request_id)
+        })
+        .collect()
+}
+
+/// Streams `rows` the way a fast caller writing one message at a time does: each row goes out
+/// as its own small HTTP/2 DATA frame (the client yields between rows, so its encoder never
+/// gathers two), with no pause beyond that.
+async fn import_frame_by_frame(client: &Client, rows: Vec<pb::ImportCustomersRequest>) -> Imported {
+    let one_frame_each = futures::stream::iter(rows).then(|row| async move {
+        tokio::task::yield_now().await;
+        row
+    });
+    let answers: Vec<pb::ImportCustomersResponse> = within(
+        client
+            .inner
+            .clone()
+            .import_customers(client.request(one_frame_each))
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|r| r.expect("an import answer"))
+            .collect(),
+    )
+    .await;
+    let (last, rows) = answers.split_last().expect("at least the summary");
+    let Some(Kind::Summary(summary)) = last.kind.clone() else {
+        panic!("the last answer is not the summary: {last:?}");
+    };
+    let results = rows
+        .iter()
+        .map(|answer| match answer.kind.clone() {
+            Some(Kind::Result(result)) => result,
+            other => panic!("a row's answer is not a result: {other:?}"),
+        })
+        .collect();
+    Imported { results, summary }
+}
+
+async fn count_created_events(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM customer.change_events WHERE change_type = 'CHANGE_TYPE_CREATED'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn five_thousand_rows_sent_frame_by_frame_as_fast_as_possible_are_each_answered_and_stored() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+
+    let imported = import_frame_by_frame(&client, rows(5000, None)).await;
+
+    assert_eq!(imported.summary, summary(5000, 0, 0));
+    assert_eq!(imported.results.len(), 5000);
+    for (i, result) in imported.results.iter().enumerate() {
+        assert_eq!(
+            (result.index, code(result)),
+            (i as i64, Code::Ok),
+            "{result:?}"
+        );
+    }
+    let pool = app.pool().await;
+    assert_eq!(count_customers(&pool).await, 5000);
+    assert_eq!(
+        count_created_events(&pool).await,
+        5000,
+        "one change event per customer"
+    );
+}
+
+/// Flow control, not a cut: while the database holds the import's first batch, a sender
+/// writing one small frame per row is held back by HTTP/2 flow control after the server's
+/// read-ahead and one stream window of rows (with hyper's default 1 MiB window it could queue
+/// ~11,000 such rows and h2 would close the connection with GOAWAY `too_many_data_frames`);
+/// once the database lets go, every row is answered.
+#[tokio::test]
+async fn a_sender_outpacing_a_stalled_import_is_held_back_by_flow_control_then_answered() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let pool = app.pool().await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE customer.customers IN SHARE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let pulled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = futures::stream::iter(rows(8_000, None)).then({
+        let pulled = pulled.clone();
+        move |row| {
+            let pulled = pulled.clone();
+            async move {
+                tokio::task::yield_now().await;
+                pulled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                row
+            }
+        }
+    });
+    let mut inner = client.inner.clone();
+    let request = client.request(counted);
+    let import = tokio::spawn(async move {
+        let answers = inner.import_customers(request).await?.into_inner();
+        answers
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+    });
+
+    // The sender fills the read-ahead (1,000 rows) and a 64 KiB window of ~95-byte rows
+    // (~690), then stops: the count no longer moves between two looks.
+    let mut last = 0;
+    eventually("the sender is held back", || {
+        let now = pulled.load(std::sync::atomic::Ordering::SeqCst);
+        let settled = now >= 1_500 && now == last;
+        last = now;
+        async move { settled }
+    })
+    .await;
+    let held_at = pulled.load(std::sync::atomic::Ordering::SeqCst);
+    lock.rollback().await.unwrap();
+    let answers = within(import).await.unwrap().expect("the import completes");
+
+    assert!(
+        held_at < 3_000,
+        "the sender was not held back: {held_at} rows sent"
+    );
+    assert_eq!(answers.len(), 8_001, "a result per row, then the summary");
+    assert_eq!(count_customers(&pool).await, 8_000);
+}
+
+#[tokio::test]
+async fn bad_rows_inside_a_batch_get_their_own_error_and_their_batch_mates_commit() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let taken = client.create(ada()).await.unwrap();
+    // Sent at once, so that they share batches: one invalid at the edge, one whose email an
+    // active customer has, one whose email an earlier row of the same batch takes.
+    let mut rows = rows(600, None);
+    rows[250].customer.as_mut().unwrap().email = "broken".into();
+    rows[300].customer.as_mut().unwrap().email = taken.email.clone();
+    let earlier_email = rows[100].customer.as_ref().unwrap().email.clone();
+    rows[400].customer.as_mut().unwrap().email = earlier_email;
+
+    let imported = import(&client, rows).await;
+
+    let refused: Vec<(&str, Code)> = outcomes(&imported.results)
+        .into_iter()
+        .filter(|(_, code)| *code != Code::Ok)
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("250", Code::InvalidArgument),
+            ("300", Code::AlreadyExists),
+            ("400", Code::AlreadyExists)
+        ]
+    );
+    assert_invalid(&status(&imported.results[250]), &["customer.email"]);
+    for i in [300, 400] {
+        let status = status(&imported.results[i]);
+        let reason = status.get_details_error_info().map(|info| info.reason);
+        assert_eq!(reason.as_deref(), Some("EMAIL_ALREADY_EXISTS"), "row {i}");
+        assert_eq!(imported.results[i].id, "");
+    }
+    assert_eq!(imported.summary, summary(597, 0, 3));
+    let pool = app.pool().await;
+    assert_eq!(count_customers(&pool).await, 1 + 597);
+    assert_eq!(count_created_events(&pool).await, 1 + 597);
+    for result in imported.results.iter().filter(|r| code(r) == Code::Ok) {
+        client.get(&result.id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_request_id_repeated_within_one_stream_answers_the_first_rows_customer() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let customer = ada();
+    let mut other = ada();
+    other.display_name = "Someone else".into();
+    let mut rows = rows(10, None);
+    rows[2] = row("first", customer.clone(), "same-id");
+    rows[3] = row("again", customer.clone(), "same-id");
+    rows[7] = row("later", customer, "same-id");
+    rows[8] = row("different", other, "same-id");
+
+    let imported = import(&client, rows).await;
+
+    let results = &imported.results;
+    assert_eq!(imported.summary, summary(7, 2, 1));
+    for i in [3, 7] {
+        assert_eq!(
+            (code(&results[i]), &results[i].id),
+            (Code::Ok, &results[2].id)
+        );
+    }
+    assert_error(
+        &status(&results[8]),
+        Code::AlreadyExists,
+        "REQUEST_ID_REUSED",
+    );
+    assert_eq!(count_customers(&app.pool().await).await, 7);
+}
+
+#[tokio::test]
+async fn a_large_re_sent_import_answers_each_row_as_the_first_time_and_writes_nothing_new() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let mut rows = rows(1500, Some("resent"));
+    rows[700].customer.as_mut().unwrap().display_name = String::new();
+    let first = import(&client, rows.clone()).await;
+    let pool = app.pool().await;
+    let (customers, events) = (
+        count_customers(&pool).await,
+        count_created_events(&pool).await,
+    );
+
+    let again = import(&client, rows).await;
+
+    assert_eq!(first.summary, summary(1499, 0, 1));
+    assert_eq!(again.summary, summary(0, 1499, 1));
+    let answers = |imported: &Imported| -> Vec<(String, Code, String)> {
+        imported
+            .results
+            .iter()
+            .map(|r| (r.r#ref.clone(), code(r), r.id.clone()))
+            .collect()
+    };
+    assert_eq!(answers(&again), answers(&first));
+    assert_eq!((customers, events), (1499, 1499));
+    assert_eq!(count_customers(&pool).await, customers);
+    assert_eq!(count_created_events(&pool).await, events);
+}
+
+#[tokio::test]
+async fn an_import_row_repeating_a_create_customer_request_replays_it_and_a_different_one_is_reused()
+ {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let customer = ada();
+    let created = client
+        .inner
+        .clone()
+        .create_customer(client.request(pb::CreateCustomerRequest {
+            customer: Some(customer.clone()),
+            request_id: "crm-import-42".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    let mut changed = customer.clone();
+    changed.display_name = "Ada King".into();
+
+    let imported = import(
+        &client,
+        vec![
+            row("same", customer, "crm-import-42"),
+            row("changed", changed, "crm-import-42"),
+        ],
+    )
+    .await;
+
+    assert_eq!(imported.summary, summary(0, 1, 1));
+    assert_eq!(
+        (code(&imported.results[0]), imported.results[0].id.as_str()),
+        (Code::Ok, created.id.as_str())
+    );
+    let reused = status(&imported.results[1]);
+    assert_error(&reused, Code::AlreadyExists, "REQUEST_ID_REUSED");
+    assert!(
+        reused.message().contains("CreateCustomer") && reused.message().contains("crm-import-42"),
+        "{reused:?}"
+    );
+    assert_eq!(count_customers(&app.pool().await).await, 1);
+}
+
+/// The import contract when the caller goes away mid-stream: every row answered is stored; a
+/// row not answered may be stored too (its batch committed, the answer was lost with the
+/// connection), never twice, and re-sending the rows with their request ids answers each one,
+/// creating only those that were not stored.
+#[tokio::test]
+async fn an_import_cut_by_the_caller_keeps_every_answered_row_and_a_re_send_completes_it() {
+    let app = spawn_app().await;
+    let client = app.client().await;
+    let all = rows(2000, Some("cut"));
+    let (rows_tx, rows_rx) = tokio::sync::mpsc::channel(16);
+    let mut answers = client
+        .inner
+        .clone()
+        .import_customers(client.request(tokio_stream::wrappers::ReceiverStream::new(rows_rx)))
+        .await
+        .unwrap()
+        .into_inner();
+    let sender = tokio::spawn({
+        let all = all.clone();
+        async move {
+            for row in all {
+                if rows_tx.send(row).await.is_err() {
+                    return;
+                }
+            }
+            // Never half-closes: the caller cuts the call instead.
+            std::future::pending::<()>().await;
+        }
+    });
+    let mut answered = Vec::new();
+    while answered.len() < 700 {
+        match within(answers.next()).await {
+            Some(Ok(pb::ImportCustomersResponse {
+                kind: Some(Kind::Result(result)),
+            })) => answered.push(result),
+            other => panic!("a row's result, got {other:?}"),
+        }
+    }
+
+    drop(answers);
+    sender.abort();
+
+    let pool = app.pool().await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT id::text FROM customer.customers")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for result in &answered {
+        assert!(
+            stored.contains(&result.id),
+            "answered row {} is stored",
+            result.r#ref
+        );
+    }
+    assert!(stored.len() >= answered.len() && stored.len() <= all.len());
+    let again = import(&client, all).await;
+    assert_eq!(again.results.len(), 2000);
+    assert!(again.results.iter().all(|r| code(r) == Code::Ok));
+    for (first, resent) in answered.iter().zip(&again.results) {
+        assert_eq!(first.id, resent.id, "row {}", first.r#ref);
+    }
+    // A batch still committing when the call was cut may have stored more rows since.
+    assert!(again.summary.repeated_count >= stored.len() as i64);
+    assert_eq!(
+        again.summary.created_count + again.summary.repeated_count,
+        2000
+    );
+    assert_eq!(count_customers(&pool).await, 2000, "no row stored twice");
+}
+
+#[tokio::test]
+async fn many_imports_at_once_on_a_small_pool_each_answer_every_row() {
+    const POOL_SIZE: usize = 3;
+    const IMPORTS: usize = 4 * POOL_SIZE;
+    let url = fresh_database().await;
+    let app = spawn_with(config(
+        &url,
+        &redis_url(),
+        &[("CRM__DATABASE__MAX_CONNECTIONS", &POOL_SIZE.to_string())],
+    ))
+    .await;
+    let client = app.client().await;
+
+    let imports = (0..IMPORTS).map(|n| {
+        let client = client.clone();
+        let rows = rows(400, Some(&format!("import-{n}")));
+        async move { import_frame_by_frame(&client, rows).await }
+    });
+    let imported = futures::future::join_all(imports).await;
+
+    for (n, imported) in imported.iter().enumerate() {
+        assert_eq!(imported.summary, summary(400, 0, 0), "import {n}");
+        assert!(
+            imported.results.iter().all(|r| code(r) == Code::Ok),
+            "import {n}"
+        );
+    }
+    let pool = app.pool().await;
+    assert_eq!(count_customers(&pool).await, (IMPORTS * 400) as i64);
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use crm_platform::ApiError;
 use crm_platform::db::Database;
 use crm_platform::idempotency::{
-    Outcome, REMEMBER_FOR, REQUEST_SUBJECT_ERASED, Subject, forget_subject, purge_expired,
-    request_hash, run,
+    BatchClaim, Outcome, REMEMBER_FOR, REQUEST_SUBJECT_ERASED, Subject, claim_batch,
+    forget_subject, purge_expired, release_batch, request_hash, run, store_batch,
 };
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -226,6 +226,88 @@ async fn the_same_id_for_a_different_request_is_already_exists_request_id_reused
         stored(&pool, "req-1").await,
         [(hash_of("ada"), Some(encoded("ada created")))],
         "the first request's claim must stay"
+    );
+}
+
+/// What `claim_batch` said of each request, as (kind, replayed response or refusal reason).
+fn claim_kinds(claims: Vec<BatchClaim<String>>) -> Vec<(&'static str, String)> {
+    claims
+        .into_iter()
+        .map(|claim| match claim {
+            BatchClaim::New => ("new", String::new()),
+            BatchClaim::Replayed(response) => ("replayed", response),
+            BatchClaim::Refused(err) => {
+                let status = tonic::Status::from(err);
+                ("refused", status.get_details_error_info().unwrap().reason)
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_claim_shares_ids_and_hashes_with_single_calls() {
+    let pool = service_schema().await;
+    call(&pool, "single", "ada", "ada created").await.unwrap();
+    let (ada, grace, linus) = ("ada".to_string(), "grace".to_string(), "linus".to_string());
+    let mut tx = pool.begin().await.unwrap();
+
+    let claims = claim_batch::<_, String>(
+        &mut tx,
+        METHOD,
+        &[("single", &ada), ("new-1", &grace), ("new-2", &linus)],
+    )
+    .await
+    .unwrap();
+    let grace_subject = Subject::new("people", "grace");
+    store_batch(
+        &mut tx,
+        METHOD,
+        &[("new-1", &"grace created".to_string(), &grace_subject)],
+    )
+    .await
+    .unwrap();
+    release_batch(&mut tx, METHOD, &["new-2"]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(
+        claim_kinds(claims),
+        [
+            ("replayed", "ada created".to_string()),
+            ("new", String::new()),
+            ("new", String::new())
+        ]
+    );
+    assert_eq!(
+        call(&pool, "new-1", "grace", "again").await.unwrap(),
+        replayed("grace created")
+    );
+    assert!(
+        stored(&pool, "new-2").await.is_empty(),
+        "a released claim is free"
+    );
+    let mut tx = pool.begin().await.unwrap();
+    let again = claim_batch::<_, String>(&mut tx, METHOD, &[("single", &grace), ("new-2", &linus)])
+        .await
+        .unwrap();
+    assert_eq!(
+        claim_kinds(again),
+        [
+            ("refused", "REQUEST_ID_REUSED".to_string()),
+            ("new", String::new())
+        ]
+    );
+    tx.rollback().await.unwrap();
+
+    // A batch-stored response is about its subject: erasing the subject forgets it, and the
+    // batch claim then refuses the id as a single call would.
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(forget_subject(&mut tx, &grace_subject).await.unwrap(), 1);
+    let after_erase = claim_batch::<_, String>(&mut tx, METHOD, &[("new-1", &grace)])
+        .await
+        .unwrap();
+    assert_eq!(
+        claim_kinds(after_erase),
+        [("refused", REQUEST_SUBJECT_ERASED.to_string())]
     );
 }
 
