@@ -238,7 +238,11 @@ fn claim_kinds(claims: Vec<BatchClaim<String>>) -> Vec<(&'static str, String)> {
             BatchClaim::Replayed(response) => ("replayed", response),
             BatchClaim::Refused(err) => {
                 let status = tonic::Status::from(err);
-                ("refused", status.get_details_error_info().unwrap().reason)
+                let reason = status.get_details_error_info().unwrap().reason;
+                if reason == "REQUEST_ID_REUSED" {
+                    assert!(status.message().contains(METHOD), "{status:?}");
+                }
+                ("refused", reason)
             }
         })
         .collect()
