@@ -10,6 +10,10 @@
 //! 2. turns a prost decode error into INVALID_ARGUMENT ("the request is not a valid …"), where
 //!    prost's own codec answers INTERNAL.
 //!
+//! Items of client streams (ImportCustomers rows) get step 2 only: their handler checks each
+//! one with [`check_streamed_item`] and answers a bad item in place, where an error here would
+//! end the whole stream.
+//!
 //! Responses (what a client decodes) are decoded as prost does, unchecked: a server's data is
 //! not the caller's mistake, and caps added later must not make stored records unreadable.
 
@@ -52,6 +56,20 @@ pub fn check_request<T: 'static>(bytes: &[u8]) -> Result<(), Status> {
         Some(message) => check(message, bytes),
         None => Ok(()),
     }
+}
+
+/// Checks one item of a client stream against its contract, as the codec checks a unary
+/// request. The codec leaves client-stream items to their handler (it only turns undecodable
+/// bytes into INVALID_ARGUMENT), because an error from the decoder ends the whole stream while
+/// a bulk RPC answers a bad item in place and goes on. Every handler of a client stream calls
+/// this on each item before using it.
+pub fn check_streamed_item<T: Message + 'static>(item: &T) -> Result<(), Status> {
+    check_request::<T>(&item.encode_to_vec())
+}
+
+fn is_streamed_item(type_id: TypeId) -> bool {
+    static STREAMED: OnceLock<Vec<TypeId>> = OnceLock::new();
+    STREAMED.get_or_init(streamed_item_types).contains(&type_id)
 }
 
 fn check(message: usize, bytes: &[u8]) -> Result<(), Status> {
@@ -113,8 +131,10 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
+        let type_id = TypeId::of::<U>();
         EdgeDecoder {
-            request: plans().request(TypeId::of::<U>()),
+            request: plans().request(type_id),
+            walk: !is_streamed_item(type_id),
             _pd: PhantomData,
         }
     }
@@ -125,6 +145,9 @@ where
 pub struct EdgeDecoder<U> {
     /// The plan of `U` when it is some method's request.
     request: Option<usize>,
+    /// Whether to check `U` against its plan here; client-stream items are checked by their
+    /// handler ([`check_streamed_item`]).
+    walk: bool,
     _pd: PhantomData<U>,
 }
 
@@ -138,7 +161,9 @@ impl<U: Message + Default> Decoder for EdgeDecoder<U> {
                 .map(Some)
                 .map_err(|err| Status::internal(err.to_string()));
         };
-        let decoded = if buf.chunk().len() == buf.remaining() {
+        let decoded = if !self.walk {
+            U::decode(buf)
+        } else if buf.chunk().len() == buf.remaining() {
             // tonic hands over each message in one contiguous buffer: walk it in place.
             check(message, buf.chunk())?;
             U::decode(buf)

@@ -304,6 +304,44 @@ fn responses_are_not_checked() {
 }
 
 #[test]
+fn client_stream_items_are_left_to_their_handler_which_checks_them_the_same_way() {
+    let mut bad = customer();
+    bad.display_name = "Ada\0".into();
+    let row = pb::ImportCustomersRequest {
+        row_ref: "r".repeat(5_000),
+        customer: Some(bad),
+        request_id: String::new(),
+    };
+    let encoded = row.encode_to_vec();
+
+    let mut decoder =
+        EdgeCodec::<pb::ImportCustomersResponse, pb::ImportCustomersRequest>::default().decoder();
+    assert!(
+        !decoder.walk,
+        "ImportCustomers rows are checked by the handler"
+    );
+    let status = check_streamed_item(&row).unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields: Vec<String> = status
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["row_ref", "customer.display_name"]);
+    assert_eq!(
+        check_request::<pb::ImportCustomersRequest>(&encoded)
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    let unary = EdgeCodec::<pb::GetCustomerResponse, pb::GetCustomerRequest>::default().decoder();
+    assert!(unary.walk, "a unary request is checked by the codec");
+}
+
+#[test]
 fn every_request_type_has_a_plan() {
     let plans = plans();
     for (type_id, name) in request_types() {

@@ -81,8 +81,22 @@ enum Written {
     Failed(ApiError),
 }
 
-/// Checks one row as CreateCustomer checks its request.
+/// Checks one row against the contract's caps (as the codec checks a unary request) and as
+/// CreateCustomer checks its request.
 fn check(row: pb::ImportCustomersRequest, index: i64) -> Checked {
+    if let Err(status) = crm_proto::edge::check_streamed_item(&row) {
+        let mut row_ref = row.row_ref;
+        if row_ref.chars().count() > 100 {
+            // The caps refused it; a result does not echo it.
+            row_ref = String::new();
+        }
+        return Checked::Rejected(ItemResult {
+            index,
+            r#ref: row_ref,
+            status: Some(rpc_status(&status)),
+            id: String::new(),
+        });
+    }
     let pb::ImportCustomersRequest {
         row_ref,
         customer,

@@ -323,23 +323,64 @@ async fn a_four_megabyte_address_is_rejected() {
 }
 
 #[tokio::test]
-async fn a_megabyte_row_ref_ends_the_import_with_invalid_argument_naming_it() {
+async fn rows_over_the_contract_caps_are_answered_in_place_and_the_import_goes_on() {
     let app = spawn_app().await;
-    let row = pb::ImportCustomersRequest {
+    let oversized_ref = pb::ImportCustomersRequest {
         row_ref: "r".repeat(1_000_000),
         customer: Some(ada()),
         request_id: String::new(),
     };
+    let mut nul = ada();
+    nul.display_name = "Ada\0Lovelace".into();
+    nul.email = "nul@example.com".into();
+    let nul_row = pb::ImportCustomersRequest {
+        row_ref: "nul".into(),
+        customer: Some(nul),
+        request_id: String::new(),
+    };
+    let good = pb::ImportCustomersRequest {
+        row_ref: "good".into(),
+        customer: Some(ada()),
+        request_id: String::new(),
+    };
 
-    let (answers, ended) = import_raw(&app, vec![row.encode_to_vec()]).await;
+    let (answers, ended) = import_raw(
+        &app,
+        vec![
+            oversized_ref.encode_to_vec(),
+            nul_row.encode_to_vec(),
+            good.encode_to_vec(),
+        ],
+    )
+    .await;
 
-    let status = ended.expect_err("the import ends with an error");
-    assert_invalid(&status, &["row_ref"]);
+    ended.expect("a bad row does not end the import");
+    let results: Vec<common::ItemResult> = answers
+        .into_iter()
+        .filter_map(|answer| match answer.kind {
+            Some(pb::import_customers_response::Kind::Result(result)) => Some(result),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 3, "{results:?}");
+    let refused = |result: &common::ItemResult, field: &str| {
+        let status = result.status.clone().expect("a status");
+        assert_eq!(status.code, Code::InvalidArgument as i32, "{status:?}");
+        assert!(status.message.contains(field), "{}", status.message);
+        assert!(
+            status.encoded_len() < 1_024,
+            "{} bytes",
+            status.encoded_len()
+        );
+    };
+    refused(&results[0], "row_ref");
     assert!(
-        answer_size(&status) < 1_024,
-        "{} bytes",
-        answer_size(&status)
+        results[0].r#ref.is_empty(),
+        "an oversized ref is not echoed"
     );
-    assert!(answers.is_empty(), "{answers:?}");
-    assert_eq!(count(&app, "customers").await, 0);
+    refused(&results[1], "customer.display_name");
+    assert_eq!(results[1].r#ref, "nul");
+    assert_eq!(results[2].r#ref, "good");
+    assert!(!results[2].id.is_empty(), "{:?}", results[2]);
+    assert_eq!(count(&app, "customers").await, 1);
 }
