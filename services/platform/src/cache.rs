@@ -690,6 +690,9 @@ impl Cache {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            if !redis.is_up() {
+                continue; // nothing to prove, and not a skipped look-up to count
+            }
             let sent_ms = self.inner.liveness.now_ms().to_string();
             let channel = channel.clone();
             redis

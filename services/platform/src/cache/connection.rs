@@ -365,3 +365,39 @@ fn glob_escape(text: &str) -> String {
     }
     escaped
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_written_twice_during_an_outage_is_replayed_once_with_its_newest_version() {
+        let mut unpublished = Unpublished::default();
+        unpublished.note("k", 3);
+        unpublished.note("k", 2);
+
+        assert_eq!(unpublished.versions, HashMap::from([("k".to_string(), 3)]));
+        assert!(!unpublished.overflowed);
+    }
+
+    #[test]
+    fn past_the_cap_a_new_key_marks_the_replay_overflowed_but_known_keys_still_update() {
+        let mut unpublished = Unpublished::default();
+        for i in 0..UNPUBLISHED_CAP {
+            unpublished.note(&i.to_string(), 1);
+        }
+        unpublished.note("0", 5);
+        assert!(!unpublished.overflowed);
+
+        unpublished.note("one too many", 1);
+
+        assert!(unpublished.overflowed);
+        assert_eq!(unpublished.versions.len(), UNPUBLISHED_CAP);
+        assert_eq!(unpublished.versions["0"], 5);
+    }
+
+    #[test]
+    fn a_prefix_with_glob_characters_matches_only_itself() {
+        assert_eq!(glob_escape(r"crm[1]*?\x"), r"crm\[1\]\*\?\\x");
+    }
+}
