@@ -48,15 +48,16 @@
 //! - Every 200 ms each instance publishes a heartbeat (its send time) on a channel of its own,
 //!   which its invalidation subscription also listens to. Redis delivers a subscriber's messages
 //!   in the order it executed the publishes, so when a heartbeat sent at `s` comes back, every
-//!   invalidation Redis executed before `s` has been applied here.
-//! - The in-process tier is used only while the newest heartbeat seen back was sent at most
+//!   invalidation Redis executed before `s` has been applied here. (That order holds on one
+//!   Redis server, with or without replicas; Redis Cluster does not promise it across nodes.)
+//! - The in-process tier is used only while the newest heartbeat seen back was sent less than
 //!   500 ms ago, Redis is up, and the tier has been flushed since it was last off. A read checks
 //!   that against the clock itself, so the bound does not depend on when a background task
 //!   runs. A write acknowledged at `t` had its invalidation executed by Redis before `t`; a read
 //!   at `r > t + 500 ms` uses the tier only with a heartbeat sent after `r - 500 ms > t`, which
 //!   came back after that invalidation. Otherwise it reads Redis or PostgreSQL.
-//! - Any Redis error or timeout on the call path turns the tier off at once (Redis is marked
-//!   down). A subscription that carries no heartbeat for 2 s is dropped and made again, and the
+//! - A connection error or timeout on the call path turns the tier off at once (Redis is marked
+//!   down); other errors (a failing script, say) are only logged and counted. A subscription that carries no heartbeat for 2 s is dropped and made again, and the
 //!   tier is flushed every time it goes off and again before it goes back on.
 //! - Acknowledgements are sent from their own tasks, so a slow or dead Redis never stops the
 //!   listener from reading messages.
@@ -95,7 +96,7 @@ mod connection;
 
 use connection::{RECONNECT_FIRST, RECONNECT_MAX, RedisTier};
 
-/// The stale-read bound: the in-process tier is used only while a heartbeat sent at most this
+/// The stale-read bound: the in-process tier is used only while a heartbeat sent less than this
 /// long ago has come back through this instance's subscription (see the module docs).
 pub const STALE_READ_BOUND: Duration = Duration::from_millis(500);
 
