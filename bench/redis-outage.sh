@@ -207,6 +207,7 @@ strict=()
 python3 "$BENCH_DIR/redis_outage_report.py" --results "$RESULTS_JSONL" --phases "$PHASES_JSON" \
   --probe "$WORK/probe.jsonl" --server-log "A=$WORK/server-a.log" --server-log "B=$WORK/server-b.log" \
   --killed-at "$KILLED_AT" --back-at "$BACK_AT" --commit "$COMMIT" --cores "$(nproc)" \
+  --binary "$CRM_BIN" \
   --h2load-args "-t 1 -c $CONNS -m $STREAMS; -n sized for ~${PHASE_SECONDS}s at the warm-up rate (redis-killed: at C's)" \
   --md "$RESULTS_DIR/redis-outage.md" --json "$RESULTS_DIR/redis-outage.json" "${strict[@]}"
 log "logs and per-request latencies: $WORK"

@@ -2,7 +2,7 @@
 """Turns a bench/redis-outage.sh run into its report (bench/results/redis-outage.{md,json}).
 
     redis_outage_report.py --results R.jsonl --phases P.jsonl --probe PROBE.jsonl
-        --killed-at T --back-at T --commit C --cores N --h2load-args S
+        --killed-at T --back-at T --commit C --cores N --h2load-args S --binary PATH
         [--server-log NAME=FILE ...] --md OUT.md --json OUT.json [--strict]
 
 R.jsonl holds one row per phase from `report.py scenario`; P.jsonl the phases' wall-clock
@@ -59,6 +59,7 @@ def main():
     p.add_argument("--commit", required=True)
     p.add_argument("--cores", required=True)
     p.add_argument("--h2load-args", required=True)
+    p.add_argument("--binary", required=True, help="the crm binary the servers ran")
     p.add_argument("--server-log", action="append", default=[])
     p.add_argument("--md", required=True)
     p.add_argument("--json", required=True)
@@ -108,7 +109,7 @@ def main():
         "PostgreSQL). Meanwhile the staleness probe renames another customer through instance B "
         "every 250 ms and reads it through A in a loop.",
         "",
-        f"h2load: {args.h2load_args}. Redis killed at {iso(args.killed_at)} UTC, restarted at "
+        f"Servers: `{args.binary}`. h2load: {args.h2load_args}. Redis killed at {iso(args.killed_at)} UTC, restarted at "
         f"{iso(args.back_at)} UTC.",
         "",
         "| phase | server | requests | s | req/s | p50 ms | p99 ms | max ms | failed | probe reads | stale reads | longest stale ms |",
@@ -140,7 +141,7 @@ def main():
         f.write(text)
     with open(args.json, "w") as f:
         json.dump({"date": when, "commit": args.commit, "cores": args.cores,
-                   "h2load_args": args.h2load_args, "killed_at": args.killed_at,
+                   "h2load_args": args.h2load_args, "binary": args.binary, "killed_at": args.killed_at,
                    "back_at": args.back_at, "phases": phases, "probe": overall,
                    "targets": [{"target": n, "pass": ok, "detail": d} for n, ok, d in targets],
                    "cache_transitions": transitions}, f, indent=2)
