@@ -25,46 +25,91 @@
 //! - A load that raced with a write (it read the row before the write committed) is detected by
 //!   the announced version and done again, so its result never reaches a caller who came after
 //!   the write.
-//! - The in-process tier is used only while this instance's subscription is live. When it
-//!   drops, the tier is flushed and bypassed until the subscription is back (and flushed again
-//!   then), so a missed invalidation can never be served.
+//!
+//! Redis outages cost a call nothing:
+//!
+//! - Redis is either up or known to be down (an atomic flag). A connection error or a command
+//!   slower than `redis.timeout_ms` marks it down; while down, calls skip Redis without waiting
+//!   for anything (counted as `crm_cache_requests_total{tier="redis",result="skipped"}`) and
+//!   read from PostgreSQL. One background task per cache reconnects, with a backoff of
+//!   250 ms doubling to 1 s, and marks Redis up once a fresh connection answers `PING`. No lock
+//!   is held across I/O on the call path. (The redis crate's `ConnectionManager` reconnects by
+//!   itself too, but a command issued meanwhile awaits its reconnect: the stall this replaces.
+//!   The crate's multiplexed connection with its connect and response timeouts is what is used.)
+//! - A write whose entry or invalidation could not reach Redis is remembered (key and version,
+//!   up to 100,000 keys) and replayed as soon as Redis is reachable again, before it is marked
+//!   up: an older entry is deleted from Redis and the version is announced to every instance.
+//!   So a value written during an outage is not served stale from Redis once Redis is back
+//!   (past that cap, the whole namespace is dropped from Redis and every instance flushes).
+//!
+//! Stale reads are bounded: **a read that starts more than 500 ms after a write was acknowledged
+//! elsewhere never returns the older value**, whatever happened to this instance's connections.
+//!
+//! - Every 200 ms each instance publishes a heartbeat (its send time) on a channel of its own,
+//!   which its invalidation subscription also listens to. Redis delivers a subscriber's messages
+//!   in the order it executed the publishes, so when a heartbeat sent at `s` comes back, every
+//!   invalidation Redis executed before `s` has been applied here. (That order holds on one
+//!   Redis server, with or without replicas; Redis Cluster does not promise it across nodes.)
+//! - The in-process tier is used only while the newest heartbeat seen back was sent less than
+//!   500 ms ago, Redis is up, and the tier has been flushed since it was last off. A read checks
+//!   that against the clock itself, so the bound does not depend on when a background task
+//!   runs. A write acknowledged at `t` had its invalidation executed by Redis before `t`; a read
+//!   at `r > t + 500 ms` uses the tier only with a heartbeat sent after `r - 500 ms > t`, which
+//!   came back after that invalidation. Otherwise it reads Redis or PostgreSQL.
+//! - A connection error or timeout on the call path turns the tier off at once (Redis is marked
+//!   down); other errors (a failing script, say) are only logged and counted. A subscription that carries no heartbeat for 2 s is dropped and made again, and the
+//!   tier is flushed every time it goes off and again before it goes back on.
+//! - Acknowledgements are sent from their own tasks, so a slow or dead Redis never stops the
+//!   listener from reading messages.
+//! - Partition: if the *writer* cannot reach Redis while the reader can, no invalidation is
+//!   published, and the reader keeps serving the older value from its tier and from Redis until
+//!   the writer reaches Redis again (its replay then drops the older entry and announces the new
+//!   version: within one reconnect backoff, at most 1 s, of Redis becoming reachable to it), or,
+//!   if the writer never does (it crashed meanwhile), until the entry's TTL
+//!   (`cache.ttl_secs`). Nothing else can tell the reader.
 //! - Redis failures never fail a call: they are logged, counted
 //!   (`crm_cache_requests_total{tier="redis",result="error"}`) and the value comes from
-//!   PostgreSQL.
+//!   PostgreSQL. `crm_cache_redis_up{cache}` is 1 while Redis is in use, 0 while it is down.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
 use rand::Rng;
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use secrecy::ExposeSecret;
-use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{CacheConfig, RedisConfig};
 use crate::error::ApiError;
 
-/// Keeps whichever of the stored and the offered entry has the higher version.
-const SET_IF_NEWER: &str = r"
-local current = redis.call('GET', KEYS[1])
-if current then
-  local version = tonumber(string.match(current, '^(%-?%d+):'))
-  if version and version >= tonumber(ARGV[1]) then
-    return 0
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
-return 1
-";
+mod connection;
+
+use connection::{RECONNECT_FIRST, RECONNECT_MAX, RedisTier};
+
+/// The stale-read bound: the in-process tier is used only while a heartbeat sent less than this
+/// long ago has come back through this instance's subscription (see the module docs).
+pub const STALE_READ_BOUND: Duration = Duration::from_millis(500);
+
+/// How often an instance publishes the heartbeat it expects back: well inside
+/// [`STALE_READ_BOUND`], so a busy machine can delay one by 300 ms before the tier flaps.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
+
+/// A subscription that has carried no heartbeat for this long is presumed half-dead (its socket
+/// open, its messages lost) and made again.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(2);
+
+/// How often the listener re-evaluates the tier's state when no message arrives.
+const WATCHDOG_EVERY: Duration = Duration::from_millis(100);
 
 /// A kind of cached value: the segment its keys carry (`<redis.key_prefix>:<service>:<kind>:<id>`)
 /// and the protobuf type stored under them. Declare one per resource, as a `const`, so a key can
@@ -179,22 +224,40 @@ struct Inner {
     /// The newest version announced per key by invalidations, kept a little longer than a load
     /// can take, so a load that raced with a write cannot leave an older entry behind.
     announced: moka::sync::Cache<String, i64>,
-    local_live: AtomicBool,
+    liveness: Liveness,
     /// Writes waiting for acknowledgements of their invalidation, by message token.
-    pending_acks: std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::watch::Sender<i64>>>,
-    redis: Option<RedisTier>,
+    pending_acks: std::sync::Mutex<HashMap<u64, tokio::sync::watch::Sender<i64>>>,
+    redis: Option<Arc<RedisTier>>,
     ttl: Duration,
     jitter_pct: u8,
+    /// Stops the reconnect task when the last handle to the cache goes.
+    _reconnecting: Option<DropGuard>,
 }
 
-struct RedisTier {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
-    last_attempt_ms: AtomicU64,
+/// Whether the in-process tier may be used: see "Stale reads are bounded" in the module docs.
+struct Liveness {
     started: Instant,
-    timeout: Duration,
-    script: Script,
-    channel: String,
+    /// Send time ([`Liveness::now_ms`]) of the newest own heartbeat seen back; 0 = none yet.
+    echoed_ms: AtomicU64,
+    /// Set by the listener only after flushing the tier; cleared whenever it goes off.
+    on: AtomicBool,
+    /// The channel this instance's heartbeats go to (unique per instance).
+    heartbeat_channel: String,
+}
+
+impl Liveness {
+    /// Milliseconds since the cache was made, from 1 (0 means "never").
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// How long ago the newest heartbeat seen back was sent.
+    fn echo_age(&self) -> Duration {
+        match self.echoed_ms.load(Ordering::Acquire) {
+            0 => Duration::MAX,
+            sent => Duration::from_millis(self.now_ms().saturating_sub(sent)),
+        }
+    }
 }
 
 /// Puts `entry` in the in-process tier unless it holds the same or a newer version: two
@@ -224,92 +287,33 @@ fn count(tier: &'static str, result: &'static str) {
     metrics::counter!("crm_cache_requests_total", "tier" => tier, "result" => result).increment(1);
 }
 
-impl RedisTier {
-    /// A connection, or `None` while Redis is unreachable. Reconnects at most once a second so
-    /// an outage costs each call nothing but a check.
-    async fn connection(&self) -> Option<ConnectionManager> {
-        let mut guard = self.connection.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            return Some(conn.clone());
-        }
-        let now_ms = self.started.elapsed().as_millis() as u64;
-        let last = self.last_attempt_ms.load(Ordering::Relaxed);
-        if last != 0 && now_ms.saturating_sub(last) < 1000 {
-            return None;
-        }
-        self.last_attempt_ms.store(now_ms.max(1), Ordering::Relaxed);
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
-        match tokio::time::timeout(
-            self.timeout * 4,
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => {
-                tracing::info!("connected to Redis");
-                *guard = Some(conn.clone());
-                Some(conn)
-            }
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "Redis unreachable; serving from PostgreSQL");
-                None
-            }
-            Err(_) => {
-                tracing::warn!("Redis connect timed out; serving from PostgreSQL");
-                None
-            }
-        }
-    }
-
-    async fn run<T, F, Fut>(&self, op: F) -> Option<T>
-    where
-        F: FnOnce(ConnectionManager) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
-        let conn = self.connection().await?;
-        match tokio::time::timeout(self.timeout, op(conn)).await {
-            Ok(Ok(value)) => Some(value),
-            Ok(Err(err)) => {
-                count("redis", "error");
-                tracing::warn!(error = %err, "Redis command failed; serving from PostgreSQL");
-                if err.is_connection_dropped() || err.is_io_error() || err.is_connection_refusal() {
-                    *self.connection.lock().await = None;
-                }
-                None
-            }
-            Err(_) => {
-                count("redis", "error");
-                tracing::warn!("Redis command timed out; serving from PostgreSQL");
-                None
-            }
-        }
-    }
-}
-
 impl Cache {
     /// A cache for `namespace` (the service's name: keys and the invalidation channel are
     /// prefixed with it). An empty `redis.url` runs without Redis and without the in-process
-    /// tier, since nothing could tell it about other instances' writes.
+    /// tier, since nothing could tell it about other instances' writes. Call it within a Tokio
+    /// runtime: it starts connecting to Redis in the background at once, and calls made before
+    /// that connection is up read from PostgreSQL.
     pub fn new(namespace: &str, redis: &RedisConfig, cache: &CacheConfig) -> anyhow::Result<Self> {
         let redis_url = redis.url.expose_secret();
+        let full_namespace = format!("{}:{namespace}", redis.key_prefix);
+        let channel = format!("{full_namespace}:invalidate");
+        let timeout = Duration::from_millis(redis.timeout_ms);
         let redis_tier = if redis_url.is_empty() {
             None
         } else {
-            Some(RedisTier {
-                client: redis::Client::open(redis_url)
-                    .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
-                connection: Mutex::new(None),
-                last_attempt_ms: AtomicU64::new(0),
-                started: Instant::now(),
-                timeout: Duration::from_millis(redis.timeout_ms),
-                script: Script::new(SET_IF_NEWER),
-                channel: format!("{}:{namespace}:invalidate", redis.key_prefix),
-            })
+            Some(Arc::new(RedisTier::new(
+                redis_url,
+                timeout,
+                channel.clone(),
+                full_namespace.clone(),
+            )?))
         };
+        let reconnecting = redis_tier.as_ref().map(|tier| {
+            metrics::gauge!("crm_cache_redis_up", "cache" => full_namespace.clone()).set(0.0);
+            let stop = CancellationToken::new();
+            tokio::spawn(tier.clone().keep_connected(stop.clone()));
+            stop.drop_guard()
+        });
         let ttl = Duration::from_secs(cache.ttl_secs);
         let local = (cache.local_capacity > 0 && redis_tier.is_some()).then(|| {
             moka::future::Cache::builder()
@@ -317,19 +321,26 @@ impl Cache {
                 .time_to_live(ttl)
                 .build()
         });
+        let instance: u64 = rand::rng().random();
         Ok(Self {
             inner: Arc::new(Inner {
-                namespace: format!("{}:{namespace}", redis.key_prefix),
+                namespace: full_namespace,
                 local,
                 announced: moka::sync::Cache::builder()
                     .max_capacity(100_000)
                     .time_to_live(Duration::from_secs(60))
                     .build(),
-                local_live: AtomicBool::new(false),
-                pending_acks: std::sync::Mutex::new(std::collections::HashMap::new()),
+                liveness: Liveness {
+                    started: Instant::now(),
+                    echoed_ms: AtomicU64::new(0),
+                    on: AtomicBool::new(false),
+                    heartbeat_channel: format!("{channel}:heartbeat:{instance:016x}"),
+                },
+                pending_acks: std::sync::Mutex::new(HashMap::new()),
                 redis: redis_tier,
                 ttl,
                 jitter_pct: cache.ttl_jitter_pct,
+                _reconnecting: reconnecting,
             }),
         })
     }
@@ -340,9 +351,19 @@ impl Cache {
         format!("{}:{}", self.inner.namespace, key.path)
     }
 
-    /// Whether the in-process tier is in use right now.
+    /// Whether the in-process tier is in use right now: Redis is up, the tier was flushed since
+    /// it was last off, and a heartbeat sent within [`STALE_READ_BOUND`] came back.
     pub fn local_tier_live(&self) -> bool {
-        self.inner.local.is_some() && self.inner.local_live.load(Ordering::Acquire)
+        self.inner.local.is_some()
+            && self.inner.liveness.on.load(Ordering::Acquire)
+            && self.redis_up()
+            && self.inner.liveness.echo_age() < STALE_READ_BOUND
+    }
+
+    /// Whether Redis is in use right now (false while it is known to be down, and until the
+    /// first connection is made).
+    pub fn redis_up(&self) -> bool {
+        self.inner.redis.as_ref().is_some_and(|redis| redis.is_up())
     }
 
     fn ttl_with_jitter(&self) -> Duration {
@@ -453,14 +474,16 @@ impl Cache {
         }
     }
 
-    async fn store_in_redis(&self, key: &str, entry: &Entry) {
+    /// Stores `entry` in Redis if it is newer than what Redis holds; false if Redis could not be
+    /// reached.
+    async fn store_in_redis(&self, key: &str, entry: &Entry) -> bool {
         let Some(redis) = &self.inner.redis else {
-            return;
+            return true;
         };
         let ttl_ms = self.ttl_with_jitter().as_millis() as u64;
         let payload = entry.bytes.to_vec();
         let version = entry.version;
-        let script = &redis.script;
+        let script = &redis.set_if_newer;
         let owned_key = key.to_string();
         redis
             .run(|mut conn| async move {
@@ -472,39 +495,49 @@ impl Cache {
                     .invoke_async::<i64>(&mut conn)
                     .await
             })
-            .await;
+            .await
+            .is_some()
     }
 
     /// Publishes a committed write: call after the transaction commits, with the row's new
-    /// version and value. Never fails; a Redis outage is logged and counted.
+    /// version and value. Never fails; a Redis outage is logged and counted, and the write is
+    /// replayed to Redis when it is back.
     pub async fn put<M: CacheValue>(&self, key: &Key<M>, version: i64, value: &M) {
         let key = self.redis_key(key);
-        self.store_everywhere(&key, version, value).await;
+        let stored = self.store_everywhere(&key, version, value).await;
         let Some(redis) = &self.inner.redis else {
             return;
         };
-        let token: u64 = rand::rng().random();
+        let token: u64 = rand::rng().random_range(1..u64::MAX);
         let (acks_tx, mut acks) = tokio::sync::watch::channel(0i64);
         self.pending_acks().insert(token, acks_tx);
         let message = format!("inv:{token}:{version}:{key}");
         let channel = redis.channel.clone();
-        let receivers = redis
-            .run(|mut conn| async move { conn.publish::<_, _, i64>(channel, message).await })
-            .await;
-        if let Some(receivers) = receivers.filter(|n| *n > 0) {
-            let all_acked = acks.wait_for(|acked| *acked >= receivers);
-            if tokio::time::timeout(redis.timeout, all_acked)
+        let receivers = if stored {
+            redis
+                .run(|mut conn| async move { conn.publish::<_, _, i64>(channel, message).await })
                 .await
-                .is_err()
-            {
-                metrics::counter!("crm_cache_invalidation_timeouts_total").increment(1);
-                tracing::warn!(
-                    key,
-                    receivers,
-                    acked = *acks.borrow(),
-                    "not every instance acknowledged a cache invalidation in time"
-                );
+        } else {
+            None
+        };
+        match receivers {
+            None => redis.note_unpublished(&key, version),
+            Some(receivers) if receivers > 0 => {
+                let all_acked = acks.wait_for(|acked| *acked >= receivers);
+                if tokio::time::timeout(redis.timeout, all_acked)
+                    .await
+                    .is_err()
+                {
+                    metrics::counter!("crm_cache_invalidation_timeouts_total").increment(1);
+                    tracing::warn!(
+                        key,
+                        receivers,
+                        acked = *acks.borrow(),
+                        "not every instance acknowledged a cache invalidation in time"
+                    );
+                }
             }
+            Some(_) => {}
         }
         self.pending_acks().remove(&token);
     }
@@ -512,12 +545,17 @@ impl Cache {
     /// Publishes a newly created value: no instance can hold an older copy of a key that did
     /// not exist (misses are never cached), so no invalidation round is needed.
     pub async fn put_new<M: CacheValue>(&self, key: &Key<M>, version: i64, value: &M) {
-        self.store_everywhere(&self.redis_key(key), version, value)
-            .await;
+        let key = self.redis_key(key);
+        if !self.store_everywhere(&key, version, value).await
+            && let Some(redis) = &self.inner.redis
+        {
+            redis.note_unpublished(&key, version);
+        }
     }
 
-    /// Announces `version` of `key` and stores the value in this instance's tier and Redis.
-    async fn store_everywhere<M: CacheValue>(&self, key: &str, version: i64, value: &M) {
+    /// Announces `version` of `key` and stores the value in this instance's tier and Redis;
+    /// false if Redis could not be reached.
+    async fn store_everywhere<M: CacheValue>(&self, key: &str, version: i64, value: &M) -> bool {
         self.note_announced(key, version);
         if let Some(local) = &self.inner.local {
             keep_newer_locally(local, key, LocalEntry::new(version, value.clone())).await;
@@ -526,17 +564,16 @@ impl Cache {
             version,
             bytes: value.encode_to_vec().into(),
         };
-        self.store_in_redis(key, &entry).await;
+        self.store_in_redis(key, &entry).await
     }
 
     fn pending_acks(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, tokio::sync::watch::Sender<i64>>>
-    {
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, tokio::sync::watch::Sender<i64>>> {
         self.inner
             .pending_acks
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn note_announced(&self, key: &str, version: i64) {
@@ -546,14 +583,21 @@ impl Cache {
     }
 
     /// Handles one message on the invalidation channel: `inv:<token>:<version>:<key>` (drop
-    /// older copies of `key`, then acknowledge) or `ack:<token>` (count an acknowledgement for
-    /// one of this instance's writes).
+    /// older copies of `key`, then acknowledge unless the token is 0, a replay nobody waits
+    /// for), `ack:<token>` (count an acknowledgement for one of this instance's writes) or
+    /// `flush` (drop the whole tier).
     async fn handle_message(&self, message: &str) {
         if let Some(token) = message.strip_prefix("ack:") {
             if let Ok(token) = token.parse::<u64>()
                 && let Some(acks) = self.pending_acks().get(&token)
             {
                 acks.send_modify(|n| *n += 1);
+            }
+            return;
+        }
+        if message == "flush" {
+            if let Some(local) = &self.inner.local {
+                local.invalidate_all();
             }
             return;
         }
@@ -573,76 +617,155 @@ impl Cache {
         {
             local.invalidate(key).await;
         }
-        if let Some(redis) = &self.inner.redis {
-            let channel = redis.channel.clone();
+        if token != 0
+            && let Some(redis) = self.inner.redis.clone()
+            && redis.is_up()
+        {
+            // From a task of its own: the listener must go on reading even if Redis is slow.
             let ack = format!("ack:{token}");
-            redis
-                .run(|mut conn| async move { conn.publish::<_, _, i64>(channel, ack).await })
-                .await;
+            tokio::spawn(async move {
+                let channel = redis.channel.clone();
+                redis
+                    .run(|mut conn| async move { conn.publish::<_, _, i64>(channel, ack).await })
+                    .await;
+            });
         }
     }
 
-    /// Keeps this instance subscribed to other instances' invalidations until `shutdown`. The
-    /// in-process tier is live only while the subscription is.
+    /// Notes a heartbeat of this instance's that came back through the subscription.
+    fn heard_heartbeat(&self, payload: &str) {
+        if let Ok(sent_ms) = payload.parse::<u64>() {
+            self.inner
+                .liveness
+                .echoed_ms
+                .fetch_max(sent_ms, Ordering::AcqRel);
+        }
+    }
+
+    /// Turns the tier on (after flushing it) when it may be used, and off (flushing it) when it
+    /// may not. Only the listener calls this, so "on" is always preceded by a flush.
+    fn refresh_tier(&self, subscribed: bool) {
+        let Some(local) = &self.inner.local else {
+            return;
+        };
+        let liveness = &self.inner.liveness;
+        let usable = subscribed && self.redis_up() && liveness.echo_age() < STALE_READ_BOUND;
+        let on = liveness.on.load(Ordering::Acquire);
+        if usable && !on {
+            // Writes made while off may not have been announced here: start empty.
+            local.invalidate_all();
+            liveness.on.store(true, Ordering::Release);
+            tracing::info!(channel = %liveness.heartbeat_channel, "in-process cache tier on");
+        } else if !usable && on {
+            liveness.on.store(false, Ordering::Release);
+            local.invalidate_all();
+            tracing::warn!(
+                subscribed,
+                redis_up = self.redis_up(),
+                heartbeat_age_ms = liveness.echo_age().as_millis() as u64,
+                "in-process cache tier off: invalidations can no longer be trusted to arrive"
+            );
+        }
+    }
+
+    /// Keeps this instance subscribed to other instances' invalidations, and sends the
+    /// heartbeats that prove the subscription works, until `shutdown`. The in-process tier is
+    /// used only while they come back (see the module docs).
     pub fn spawn_invalidation_listener(&self, shutdown: CancellationToken) {
         let (Some(_), Some(redis)) = (&self.inner.local, &self.inner.redis) else {
             return;
         };
-        let cache = self.clone();
-        let client = redis.client.clone();
-        let channel = redis.channel.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                let subscribed = async {
-                    let mut pubsub = client.get_async_pubsub().await?;
-                    pubsub.subscribe(&channel).await?;
-                    redis::RedisResult::Ok(pubsub)
-                };
-                let pubsub = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    result = tokio::time::timeout(Duration::from_secs(2), subscribed) => result,
-                };
-                match pubsub {
-                    Ok(Ok(pubsub)) => {
-                        // Writes made while unsubscribed were never announced here: start empty.
-                        if let Some(local) = &cache.inner.local {
-                            local.invalidate_all();
-                        }
-                        cache.inner.local_live.store(true, Ordering::Release);
-                        backoff = Duration::from_millis(200);
-                        tracing::info!(%channel, "in-process cache tier live");
-                        let mut messages = pubsub.into_on_message();
-                        loop {
-                            tokio::select! {
-                                _ = shutdown.cancelled() => return,
-                                message = messages.next() => match message {
-                                    Some(message) => {
-                                        let payload: String = message.get_payload().unwrap_or_default();
-                                        cache.handle_message(&payload).await;
+        tokio::spawn(
+            self.clone()
+                .send_heartbeats(redis.clone(), shutdown.clone()),
+        );
+        tokio::spawn(self.clone().listen(redis.clone(), shutdown));
+    }
+
+    async fn send_heartbeats(self, redis: Arc<RedisTier>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let channel = self.inner.liveness.heartbeat_channel.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if !redis.is_up() {
+                continue; // nothing to prove, and not a skipped look-up to count
+            }
+            let sent_ms = self.inner.liveness.now_ms().to_string();
+            let channel = channel.clone();
+            redis
+                .run(|mut conn| async move { conn.publish::<_, _, i64>(channel, sent_ms).await })
+                .await;
+        }
+    }
+
+    async fn listen(self, redis: Arc<RedisTier>, shutdown: CancellationToken) {
+        let heartbeat_channel = self.inner.liveness.heartbeat_channel.clone();
+        let channels = [redis.channel.clone(), heartbeat_channel.clone()];
+        let mut backoff = RECONNECT_FIRST;
+        loop {
+            let subscribed = async {
+                let mut pubsub = redis.client.get_async_pubsub().await?;
+                pubsub.subscribe(&channels).await?;
+                redis::RedisResult::Ok(pubsub)
+            };
+            let pubsub = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                result = tokio::time::timeout(redis.timeout * 4, subscribed) => result,
+            };
+            match pubsub {
+                Ok(Ok(pubsub)) => {
+                    backoff = RECONNECT_FIRST;
+                    tracing::debug!(channel = %redis.channel, "subscribed to invalidations");
+                    let since = Instant::now();
+                    let mut messages = pubsub.into_on_message();
+                    let mut watchdog = tokio::time::interval(WATCHDOG_EVERY);
+                    watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {
+                                self.refresh_tier(false);
+                                return;
+                            }
+                            message = messages.next() => match message {
+                                Some(message) => {
+                                    let payload: String = message.get_payload().unwrap_or_default();
+                                    if message.get_channel_name() == heartbeat_channel {
+                                        self.heard_heartbeat(&payload);
+                                    } else {
+                                        self.handle_message(&payload).await;
                                     }
-                                    None => break,
-                                },
+                                }
+                                None => break,
+                            },
+                            _ = watchdog.tick() => {
+                                let silent = self.inner.liveness.echo_age().min(since.elapsed());
+                                if silent > RESUBSCRIBE_AFTER {
+                                    tracing::warn!(channel = %redis.channel, "no heartbeat through the subscription; subscribing again");
+                                    break;
+                                }
                             }
                         }
-                        cache.inner.local_live.store(false, Ordering::Release);
-                        if let Some(local) = &cache.inner.local {
-                            local.invalidate_all();
-                        }
-                        tracing::warn!(%channel, "lost the invalidation subscription; in-process cache tier off");
+                        self.refresh_tier(true);
                     }
-                    Ok(Err(err)) => {
-                        tracing::debug!(error = %err, "cannot subscribe to invalidations yet");
-                    }
-                    Err(_) => tracing::debug!("subscribing to invalidations timed out"),
+                    self.refresh_tier(false);
+                    tracing::warn!(channel = %redis.channel, "lost the invalidation subscription");
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "cannot subscribe to invalidations yet");
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                Err(_) => tracing::debug!("subscribing to invalidations timed out"),
             }
-        });
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+        }
+        self.refresh_tier(false);
     }
 }
 

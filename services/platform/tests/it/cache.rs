@@ -1,4 +1,7 @@
-//! The read-through cache's coherence rules (see the top of `cache.rs`), against the real Redis.
+//! The read-through cache's coherence rules (see the top of `cache.rs`), against the real Redis;
+//! how it lives through Redis outages is in `outage`.
+
+mod outage;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,8 +41,20 @@ fn redis_value(entry: Versioned<String>) -> Vec<u8> {
     raw
 }
 
-/// A cache of namespace `test` on `redis_url` with its own key `prefix` (no TTL jitter).
-fn cache_on(redis_url: &str, prefix: &str, extra: &[(&str, &str)]) -> Cache {
+/// A cache of namespace `test` on `redis_url` with its own key `prefix` (no TTL jitter), once
+/// it has connected to Redis (it connects in the background, reading PostgreSQL meanwhile).
+async fn cache_on(redis_url: &str, prefix: &str, extra: &[(&str, &str)]) -> Cache {
+    let cache = unconnected_cache_on(redis_url, prefix, extra);
+    eventually("the cache is connected to Redis", || {
+        let up = cache.redis_up();
+        async move { up }
+    })
+    .await;
+    cache
+}
+
+/// A cache as [`cache_on`] makes it, without waiting for its connection to Redis.
+fn unconnected_cache_on(redis_url: &str, prefix: &str, extra: &[(&str, &str)]) -> Cache {
     let mut env = vec![
         ("CRM__REDIS__URL", redis_url),
         ("CRM__REDIS__KEY_PREFIX", prefix),
@@ -110,7 +125,7 @@ async fn in_redis(cache: &Cache, key: &Key<String>) -> Option<Vec<u8>> {
 #[tokio::test]
 async fn a_put_of_an_older_version_never_overwrites_a_newer_one_in_redis() {
     let prefix = unique_prefix();
-    let cache = cache_on(&redis_url(), &prefix, &[]);
+    let cache = cache_on(&redis_url(), &prefix, &[]).await;
     let key = THINGS.key(1);
     put(&cache, &key, entry(2, "new")).await;
 
@@ -125,8 +140,8 @@ async fn a_put_of_an_older_version_never_overwrites_a_newer_one_in_redis() {
 #[tokio::test]
 async fn a_load_of_an_older_row_never_overwrites_a_newer_entry_in_redis() {
     let prefix = unique_prefix();
-    let reader = cache_on(&redis_url(), &prefix, &[]);
-    let writer = cache_on(&redis_url(), &prefix, &[]);
+    let reader = cache_on(&redis_url(), &prefix, &[]).await;
+    let writer = cache_on(&redis_url(), &prefix, &[]).await;
     let key = THINGS.key(1);
     let row = Row::new(entry(1, "old"));
 
@@ -156,7 +171,7 @@ async fn a_load_of_an_older_row_never_overwrites_a_newer_entry_in_redis() {
 #[tokio::test]
 async fn a_put_of_an_older_version_never_overwrites_a_newer_one_in_the_in_process_tier() {
     let prefix = unique_prefix();
-    let cache = cache_on(&redis_url(), &prefix, &[]);
+    let cache = cache_on(&redis_url(), &prefix, &[]).await;
     let _listening = live(&cache).await;
     let key = THINGS.key(1);
     let row = Row::new(entry(2, "new"));
@@ -176,7 +191,7 @@ async fn a_put_of_an_older_version_never_overwrites_a_newer_one_in_the_in_proces
 #[tokio::test]
 async fn concurrent_reads_of_one_missing_key_run_the_loader_once() {
     let prefix = unique_prefix();
-    let cache = cache_on(&redis_url(), &prefix, &[]);
+    let cache = cache_on(&redis_url(), &prefix, &[]).await;
     let _listening = live(&cache).await;
     let key = THINGS.key(1);
     let row = Row::new(entry(1, "only"));
@@ -213,8 +228,8 @@ async fn concurrent_reads_of_one_missing_key_run_the_loader_once() {
 #[tokio::test]
 async fn a_load_that_raced_a_write_on_another_instance_is_redone() {
     let prefix = unique_prefix();
-    let reader = cache_on(&redis_url(), &prefix, &[]);
-    let writer = cache_on(&redis_url(), &prefix, &[]);
+    let reader = cache_on(&redis_url(), &prefix, &[]).await;
+    let writer = cache_on(&redis_url(), &prefix, &[]).await;
     let _reader_listening = live(&reader).await;
     let key = THINGS.key(1);
     let row = Row::new(entry(1, "old"));
@@ -243,8 +258,8 @@ async fn a_load_that_raced_a_write_on_another_instance_is_redone() {
 async fn without_its_subscription_an_instance_bypasses_its_in_process_tier() {
     let proxy = Outage::start(redis_addr()).await;
     let prefix = unique_prefix();
-    let reader = cache_on(&format!("redis://{}", proxy.addr), &prefix, &[]);
-    let writer = cache_on(&redis_url(), &prefix, &[]);
+    let reader = cache_on(&format!("redis://{}", proxy.addr), &prefix, &[]).await;
+    let writer = cache_on(&redis_url(), &prefix, &[]).await;
     let _listening = live(&reader).await;
     let key = THINGS.key(1);
     let row = Row::new(entry(1, "old"));
@@ -282,8 +297,8 @@ async fn without_its_subscription_an_instance_bypasses_its_in_process_tier() {
 async fn the_in_process_tier_starts_empty_when_the_subscription_comes_back() {
     let proxy = Outage::start(redis_addr()).await;
     let prefix = unique_prefix();
-    let reader = cache_on(&format!("redis://{}", proxy.addr), &prefix, &[]);
-    let writer = cache_on(&redis_url(), &prefix, &[]);
+    let reader = cache_on(&format!("redis://{}", proxy.addr), &prefix, &[]).await;
+    let writer = cache_on(&redis_url(), &prefix, &[]).await;
     let _listening = live(&reader).await;
     let key = THINGS.key(1);
     let row = Row::new(entry(1, "old"));
@@ -308,7 +323,7 @@ async fn the_in_process_tier_starts_empty_when_the_subscription_comes_back() {
 #[tokio::test]
 async fn an_invalidation_nobody_acknowledges_times_out_and_is_counted_not_failed() {
     let prefix = unique_prefix();
-    let writer = cache_on(&redis_url(), &prefix, &[("CRM__REDIS__TIMEOUT_MS", "300")]);
+    let writer = cache_on(&redis_url(), &prefix, &[("CRM__REDIS__TIMEOUT_MS", "300")]).await;
     let key = THINGS.key(1);
     // A subscriber that never acknowledges.
     let client = redis::Client::open(redis_url()).unwrap();
@@ -346,7 +361,7 @@ async fn an_invalidation_nobody_acknowledges_times_out_and_is_counted_not_failed
 async fn redis_dying_between_calls_never_fails_a_call() {
     let proxy = Outage::start(redis_addr()).await;
     let prefix = unique_prefix();
-    let cache = cache_on(&format!("redis://{}", proxy.addr), &prefix, &[]);
+    let cache = cache_on(&format!("redis://{}", proxy.addr), &prefix, &[]).await;
     let key = THINGS.key(1);
     let row = Row::new(entry(1, "old"));
     within(cache.get_or_load(&key, || row.load()))
@@ -382,7 +397,7 @@ async fn redis_dying_between_calls_never_fails_a_call() {
 #[tokio::test]
 async fn a_loader_error_reaches_the_caller_and_nothing_is_cached() {
     let prefix = unique_prefix();
-    let cache = cache_on(&redis_url(), &prefix, &[]);
+    let cache = cache_on(&redis_url(), &prefix, &[]).await;
     let _listening = live(&cache).await;
     let key = THINGS.key(1);
 
@@ -403,7 +418,7 @@ async fn a_loader_error_reaches_the_caller_and_nothing_is_cached() {
 #[tokio::test]
 async fn an_entry_redis_cannot_decode_as_the_keyspaces_type_is_loaded_from_the_row() {
     let prefix = unique_prefix();
-    let cache = cache_on(&redis_url(), &prefix, &[]);
+    let cache = cache_on(&redis_url(), &prefix, &[]).await;
     let key = THINGS.key(1);
     let mut redis = redis_connection().await;
     // Not an encoded string: a field of wire type 7, which does not exist.
@@ -423,7 +438,7 @@ async fn an_entry_redis_cannot_decode_as_the_keyspaces_type_is_loaded_from_the_r
 async fn keyspaces_keep_their_values_apart_and_each_key_reads_back_its_own_type() {
     const COUNTS: Keyspace<u64> = Keyspace::new("count");
     let prefix = unique_prefix();
-    let cache = cache_on(&redis_url(), &prefix, &[]);
+    let cache = cache_on(&redis_url(), &prefix, &[]).await;
     let _listening = live(&cache).await;
     put(&cache, &THINGS.key(1), entry(1, "a thing")).await;
     cache.put(&COUNTS.key(1), 1, &42).await;
