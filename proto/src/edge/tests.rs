@@ -314,7 +314,7 @@ fn client_stream_items_are_left_to_their_handler_which_checks_them_the_same_way(
     };
     let encoded = row.encode_to_vec();
 
-    let mut decoder =
+    let decoder =
         EdgeCodec::<pb::ImportCustomersResponse, pb::ImportCustomersRequest>::default().decoder();
     assert!(
         !decoder.walk,

@@ -285,6 +285,16 @@ pub enum BatchClaim<R> {
     Refused(ApiError),
 }
 
+/// A request id [`claim_batch`] found already taken.
+#[derive(sqlx::FromRow)]
+struct StoredClaim {
+    request_id: String,
+    request_hash: Vec<u8>,
+    response: Option<Vec<u8>>,
+    /// Its response was forgotten because a subject of it was erased.
+    forgotten: bool,
+}
+
 /// Claims many request ids of `method` at once in the caller's transaction: the batch form of
 /// [`run`]'s claim, for a bulk RPC whose rows each stand for one `method` request (so a row
 /// and a single call with the same id and the same request answer alike). One claim per
@@ -330,12 +340,12 @@ where
         .copied()
         .filter(|id| !claimed.contains(*id))
         .collect();
-    let mut stored: std::collections::HashMap<String, (Vec<u8>, Option<Vec<u8>>, bool)> =
+    let mut stored: std::collections::HashMap<String, StoredClaim> =
         std::collections::HashMap::new();
     if !seen.is_empty() {
-        let rows: Vec<(String, Vec<u8>, Option<Vec<u8>>, bool)> = sqlx::query_as(
-            "SELECT request_id, request_hash, response, forget_time IS NOT NULL FROM request_ids \
-             WHERE method = $1 AND request_id = ANY($2)",
+        let rows: Vec<StoredClaim> = sqlx::query_as(
+            "SELECT request_id, request_hash, response, forget_time IS NOT NULL AS forgotten \
+             FROM request_ids WHERE method = $1 AND request_id = ANY($2)",
         )
         .bind(method)
         .bind(&seen)
@@ -343,7 +353,7 @@ where
         .await?;
         stored = rows
             .into_iter()
-            .map(|(id, hash, response, forgotten)| (id, (hash, response, forgotten)))
+            .map(|row| (row.request_id.clone(), row))
             .collect();
     }
     let mut claims = Vec::with_capacity(requests.len());
@@ -354,15 +364,16 @@ where
         }
         let claim = match stored.get(*id) {
             // As in `claim`: checked before the hash, which the erasure dropped.
-            Some((_, _, true)) => BatchClaim::Refused(subject_erased(id)),
-            Some((stored_hash, _, _)) if stored_hash != hash => {
-                BatchClaim::Refused(reused(method, id))
-            }
-            Some((_, Some(bytes), _)) => {
-                BatchClaim::Replayed(Resp::decode(bytes.as_slice()).map_err(|e| {
-                    ApiError::Internal(anyhow::anyhow!("stored response of {method} {id}: {e}"))
-                })?)
-            }
+            Some(StoredClaim {
+                forgotten: true, ..
+            }) => BatchClaim::Refused(subject_erased(id)),
+            Some(row) if row.request_hash != *hash => BatchClaim::Refused(reused(method, id)),
+            Some(StoredClaim {
+                response: Some(bytes),
+                ..
+            }) => BatchClaim::Replayed(Resp::decode(bytes.as_slice()).map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!("stored response of {method} {id}: {e}"))
+            })?),
             // A claim is committed only together with its response, so this means a bug.
             _ => {
                 return Err(ApiError::Internal(anyhow::anyhow!(
